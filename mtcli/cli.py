@@ -1,0 +1,148 @@
+"""The `mtcli` command line: thin commands that resolve their inputs and call one function each.
+
+Heavy imports (torch, datasets, sacrebleu) happen inside the commands, so `mtcli --help` is instant.
+Results go to stdout, logs and progress to stderr. Exit 0 on success, 2 on bad usage/config/input,
+1 on other failures.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from mtcli.errors import MtcliError
+
+app = typer.Typer(
+    help="Train, run and score Transformer machine translation models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+_STATE = {"debug": False}
+
+SetOption = typer.Option(
+    None, "--set", "-s", metavar="KEY=VALUE",
+    help="Override a config key with a dotted path, e.g. --set model.norm=post (repeatable).",
+)  # fmt: skip
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """mtcli: prepare data, train, translate and score neural machine translation models."""
+    _STATE["debug"] = debug
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from mtcli.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+@config_app.command("show")
+def config_show(
+    config: Path = typer.Argument(..., help="Experiment YAML file."),
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Print the resolved config (defaults filled in, overrides applied) as YAML."""
+    from mtcli.config import to_yaml
+
+    sys.stdout.write(to_yaml(_load(config, overrides)))
+
+
+@app.command()
+def prepare(
+    config: Path = typer.Argument(..., help="Experiment YAML file."),
+    overrides: list[str] | None = SetOption,
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the prepared data is up to date."),
+) -> None:
+    """Clean, split and tokenize the corpora into the run directory's data/."""
+    from mtcli.prepare import run_prepare
+
+    run_prepare(_load(config, overrides), force=force)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML file."),
+    overrides: list[str] | None = SetOption,
+    restart: bool = typer.Option(False, "--restart", help="Ignore existing checkpoints and start over."),
+) -> None:
+    """Train the model (preparing data first if needed), resuming from the last checkpoint."""
+    from mtcli.train import run_train
+
+    run_train(_load(config, overrides), restart=restart)
+
+
+@app.command()
+def translate(
+    text: list[str] | None = typer.Argument(None, help="Sentences to translate (else -i or stdin)."),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Model bundle (default: $MTCLI_MODEL, else ./runs/latest)."
+    ),
+    input: Path | None = typer.Option(None, "--input", "-i", help="Read sentences from FILE."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write translations to FILE."),
+    beam: int | None = typer.Option(None, "--beam", "-b", min=1, help="Beam size (1 = greedy)."),
+    nbest: int | None = typer.Option(None, "--nbest", "-n", min=1, help="Hypotheses per input."),
+    format: str = typer.Option("text", "--format", "-f", help="Output format: text or jsonl."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", "-s", metavar="KEY=VALUE", help="Override decode settings, e.g. decode.length_penalty=0.6."
+    ),
+) -> None:
+    """Translate TEXT arguments, a file (-i) or standard input, one line out per line in."""
+    from mtcli.translate import run_translate
+
+    run_translate(
+        text=text or [], model=model, input=input, output=output, beam=beam, nbest=nbest,
+        fmt=format, overrides=overrides or [],
+    )  # fmt: skip
+
+
+@app.command()
+def score(
+    files: list[str] | None = typer.Argument(
+        None, help="HYP REF [REF ...] ('-' reads stdin); with --model/--src only REF [REF ...]."
+    ),
+    metric: list[str] | None = typer.Option(
+        None, "--metric", "-M", help="bleu, chrf or ter (repeatable; default bleu and chrf)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (scores, signatures)."),
+    model: Path | None = typer.Option(None, "--model", "-m", help="Translate --src with this model."),
+    src: Path | None = typer.Option(None, "--src", help="Source file to translate with --model."),
+    tokenize: str | None = typer.Option(None, "--tokenize", "-t", help="BLEU tokenizer (13a, intl, char, none, ...)."),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive BLEU/chrF/TER."),
+    chrf_word_order: int = typer.Option(0, "--chrf-word-order", help="2 gives chrF++."),
+    confidence: bool = typer.Option(False, "--confidence", help="Bootstrap 95% confidence intervals."),
+    min_bleu: float | None = typer.Option(None, "--min-bleu", help="Exit 1 if BLEU is below this."),
+    min_chrf: float | None = typer.Option(None, "--min-chrf", help="Exit 1 if chrF is below this."),
+    max_ter: float | None = typer.Option(None, "--max-ter", help="Exit 1 if TER is above this."),
+) -> None:
+    """Score hypotheses against references with sacreBLEU (BLEU, chrF, TER)."""
+    from mtcli.score import run_score
+
+    run_score(
+        files=files or [], metrics=metric or [], json_out=json_out, model=model, src=src,
+        tokenize=tokenize, lowercase=lowercase, chrf_word_order=chrf_word_order,
+        confidence=confidence, min_bleu=min_bleu, min_chrf=min_chrf, max_ter=max_ter,
+    )  # fmt: skip
+
+
+def main() -> None:
+    """Console entry point: run the app and turn MtcliErrors into one `error:` line."""
+    try:
+        app()
+    except MtcliError as exc:
+        if _STATE["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

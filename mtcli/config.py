@@ -1,0 +1,337 @@
+"""The experiment config: one pydantic schema, YAML loading and dotted `--set` overrides.
+
+Every default lives in this file and nowhere else; the rest of mtcli reads typed fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mtcli.errors import MtcliError
+
+# Corpus paths may say `${MTCLI_DATA}`; unset, it points at the shared corpora beside the checkout.
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- data sources
+
+
+class PairSource(Strict):
+    """Two line-aligned text files (plain or .gz), one sentence a line."""
+
+    type: Literal["pair"] = "pair"
+    src: str
+    tgt: str
+
+
+class TsvSource(Strict):
+    """A tab-separated file (plain or .gz); `columns` are the 0-based source and target columns."""
+
+    type: Literal["tsv"] = "tsv"
+    path: str
+    columns: tuple[int, int] = (0, 1)
+
+
+class JsonlSource(Strict):
+    """One JSON object a line; `keys` name the source and target fields (dotted for nesting)."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str
+    keys: tuple[str, str] = ("src", "tgt")
+
+
+class HfSource(Strict):
+    """A dataset read through `datasets.load_dataset` (hub name, or a builder such as `json`).
+
+    Columns: either `translation` (a dict column keyed by language codes) or `columns` (two flat
+    column names for source and target).
+    """
+
+    type: Literal["hf"] = "hf"
+    name: str
+    config: str | None = None
+    split: str = "train"
+    data_files: str | list[str] | None = None
+    columns: tuple[str, str] | None = None
+    translation: str | None = None
+
+
+class HfDiskSource(Strict):
+    """A dataset saved with `Dataset.save_to_disk` (or a `DatasetDict`, choose `split`)."""
+
+    type: Literal["hf_disk"] = "hf_disk"
+    path: str
+    split: str | None = None
+    columns: tuple[str, str] | None = None
+    translation: str | None = None
+
+
+Source = Annotated[
+    PairSource | TsvSource | JsonlSource | HfSource | HfDiskSource,
+    Field(discriminator="type"),
+]
+
+
+class FilterConfig(Strict):
+    """Cleaning and filtering applied by `prepare` (each drop is counted by reason)."""
+
+    max_chars: int = Field(1000, gt=0)
+    max_tokens: int = Field(250, gt=0)
+    max_ratio: float = Field(3.0, gt=1.0)
+    ratio_min_tokens: int = Field(4, ge=1)
+    dedup: bool = True
+    remove_eval_overlap: bool = True
+
+
+class DataConfig(Strict):
+    """Languages, the train/valid/test sources, filters and split sizes."""
+
+    src_lang: str
+    tgt_lang: str
+    train: Source
+    valid: Source | None = None
+    test: Source | None = None
+    valid_size: int = Field(1000, ge=1)
+    test_size: int = Field(1000, ge=0)
+    max_train_pairs: int | None = Field(None, ge=1)
+    split_seed: int = 1
+    filters: FilterConfig = FilterConfig()
+
+
+class TokenizerConfig(Strict):
+    """SentencePiece settings."""
+
+    type: Literal["unigram", "bpe"] = "unigram"
+    vocab_size: int = Field(8000, ge=16)
+    joint: bool = True
+    character_coverage: float = Field(1.0, gt=0.0, le=1.0)
+    input_sentence_size: int = Field(2_000_000, ge=1000)
+
+
+class ModelConfig(Strict):
+    """Transformer shape; `norm` and `norm_type` choose the residual/normalization placement."""
+
+    d_model: int = Field(256, ge=8)
+    n_heads: int = Field(4, ge=1)
+    d_ff: int = Field(1024, ge=8)
+    encoder_layers: int = Field(3, ge=1)
+    decoder_layers: int = Field(3, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu"] = "relu"
+    norm: Literal["post", "pre", "deepnorm", "none"] = "pre"
+    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = Field(1e-5, gt=0.0)
+    residual: bool = True
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = Field(1024, ge=16)
+    tie_embeddings: bool = True
+
+    @field_validator("n_heads")
+    @classmethod
+    def _heads_divide(cls, n_heads: int, info: Any) -> int:
+        d_model = info.data.get("d_model")
+        if d_model is not None and d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        return n_heads
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or a string such as '90s', '30m', '2h'."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration such as 90s, 30m or 2h, got {value!r}")
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    return float(match.group(1)) * scale
+
+
+class TrainConfig(Strict):
+    """Batching, optimizer, schedule, limits, evaluation and checkpoint cadence."""
+
+    max_tokens: int = Field(4096, ge=16)
+    update_freq: int = Field(1, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(7e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["inverse_sqrt", "linear", "cosine", "constant"] = "inverse_sqrt"
+    warmup_steps: int = Field(4000, ge=0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    clip_norm: float = Field(1.0, ge=0.0)
+    max_steps: int | None = Field(None, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    max_time: float | None = None
+    log_every: int = Field(50, ge=1)
+    eval_every: int = Field(1000, ge=1)
+    eval_bleu: bool = True
+    eval_beam_size: int = Field(1, ge=1)
+    eval_max_sentences: int | None = Field(None, ge=1)
+    save_every: int = Field(1000, ge=1)
+    keep_last: int = Field(5, ge=1)
+    average_last: int = Field(1, ge=1)
+    patience: int | None = Field(None, ge=1)
+    best_metric: Literal["valid_loss", "valid_bleu", "valid_chrf"] = "valid_loss"
+    grad_norm_every: int = Field(100, ge=1)
+    max_bad_steps: int = Field(10, ge=1)
+    seed: int = 1
+    threads: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    compile: bool = False
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return parse_duration(value)
+
+
+class DecodeConfig(Strict):
+    """Search settings (beam, length penalty, max length = a * src_len + b)."""
+
+    beam_size: int = Field(5, ge=1)
+    nbest: int = Field(1, ge=1)
+    length_penalty: float = Field(1.0, ge=0.0)
+    max_len_a: float = Field(1.2, ge=0.0)
+    max_len_b: int = Field(10, ge=1)
+    min_len: int = Field(1, ge=0)
+    max_tokens: int = Field(8000, ge=16)
+    sampling: bool = False
+    temperature: float = Field(1.0, gt=0.0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class Config(Strict):
+    """A whole experiment."""
+
+    name: str
+    run_dir: str | None = None
+    data: DataConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    decode: DecodeConfig = DecodeConfig()
+
+    @property
+    def run_path(self) -> Path:
+        """The run directory (default `runs/<name>`)."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise MtcliError(f"--set {text!r}: expected KEY=VALUE, e.g. --set model.norm=post")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise MtcliError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise MtcliError(f"--set {key}: cannot parse value {raw!r}: {exc.problem}") from None
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply dotted `--set` overrides to a raw config dict (creating sections as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise MtcliError(f"--set {'.'.join(path)}: {where} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _expand(value: Any) -> Any:
+    """Expand `${VAR}` in strings (MTCLI_DATA defaults to the shared corpora)."""
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, str) and "$" in value:
+        env = dict(os.environ)
+        env.setdefault("MTCLI_DATA", DEFAULT_DATA_ROOT)
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m[1] or m[2], m[0]), value)
+    return value
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming the file, the key path and what was expected."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).endswith("Source")]
+    # A discriminated union adds the tag to the path (data.train.pair.src); drop it.
+    if len(loc) > 2 and loc[0] == "data" and loc[2] in {"pair", "tsv", "jsonl", "hf", "hf_disk"}:
+        loc.pop(2)
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "literal_error":
+        msg = f"expected {err['ctx']['expected']}, got {err.get('input')!r}"
+    elif kind == "union_tag_invalid":
+        msg = f"unknown source type; expected {err['ctx']['expected_tags']}"
+    else:
+        msg = f"{err['msg']}, got {err.get('input')!r}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{more}"
+
+
+def config_from_dict(raw: Any, source: str) -> Config:
+    """Validate a raw mapping into a Config; errors name `source` and the key."""
+    if not isinstance(raw, dict):
+        raise MtcliError(f"{source}: expected a YAML mapping at the top level")
+    try:
+        return Config.model_validate(_expand(raw))
+    except ValidationError as exc:
+        raise MtcliError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply `--set` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MtcliError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise MtcliError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(path))
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The resolved config as YAML (every key, defaults included)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

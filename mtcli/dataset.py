@@ -1,0 +1,75 @@
+"""Binarized splits: token ids in one flat memory-mapped array plus an offsets array.
+
+Layout in `run_dir/data/` for split `train` and side `src` (likewise `tgt`):
+
+    train.src.bin   token ids, concatenated, dtype from the manifest (uint16 when the vocabulary fits)
+    train.src.idx   int64 offsets, n+1 of them: sentence i is bin[idx[i]:idx[i+1]]
+
+Ids carry no BOS/EOS: training and search add them. Files are written to `*.tmp` and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+SPECIAL = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+class SplitWriter:
+    """Streams sentences' ids to `prefix.bin` / `prefix.idx` without holding them in memory."""
+
+    def __init__(self, prefix: Path, dtype: np.dtype):
+        self.prefix = Path(prefix)
+        self.dtype = np.dtype(dtype)
+        self._bin = open(f"{prefix}.bin.tmp", "wb")
+        self._offsets = [0]
+        self.tokens = 0
+
+    def add(self, ids: Iterable[int]) -> None:
+        """Append one sentence."""
+        arr = np.asarray(ids, dtype=self.dtype)
+        self._bin.write(arr.tobytes())
+        self.tokens += arr.size
+        self._offsets.append(self.tokens)
+
+    def close(self) -> int:
+        """Flush, write the offsets and rename both files into place; returns the sentence count."""
+        self._bin.close()
+        np.asarray(self._offsets, dtype=np.int64).tofile(f"{self.prefix}.idx.tmp")
+        for ext in ("bin", "idx"):
+            os.replace(f"{self.prefix}.{ext}.tmp", f"{self.prefix}.{ext}")
+        return len(self._offsets) - 1
+
+
+class Split:
+    """A memory-mapped binarized split side: `split[i]` is sentence i's ids (np.ndarray)."""
+
+    def __init__(self, prefix: Path, dtype: np.dtype | str):
+        self.offsets = np.fromfile(f"{prefix}.idx", dtype=np.int64)
+        size = os.path.getsize(f"{prefix}.bin")
+        self.ids = (
+            np.memmap(f"{prefix}.bin", dtype=np.dtype(dtype), mode="r")
+            if size
+            else np.zeros(0, dtype=np.dtype(dtype))
+        )
+        self.lengths = np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.ids[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64)
+
+
+def load_pair(data_dir: Path, split: str, dtype: str) -> tuple[Split, Split]:
+    """The source and target sides of a prepared split."""
+    return Split(Path(data_dir) / f"{split}.src", dtype), Split(Path(data_dir) / f"{split}.tgt", dtype)

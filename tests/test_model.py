@@ -1,0 +1,200 @@
+"""The Transformer core: reference equivalence, causality, padding, caching, DeepNorm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mtcli.layers import DecoderLayer, EncoderLayer
+from mtcli.model import Transformer
+from mtcli.residual import deepnorm_constants
+
+D, H, FF = 16, 4, 32
+PLACEMENTS = ["post", "pre", "deepnorm", "none"]
+NORM_TYPES = ["layernorm", "rmsnorm"]
+
+
+def tiny_model(norm="pre", norm_type="layernorm", n_enc=2, n_dec=2, **kw) -> Transformer:
+    torch.manual_seed(0)
+    args = dict(src_vocab=23, tgt_vocab=23, d_model=D, n_heads=H, d_ff=FF, encoder_layers=n_enc,
+                decoder_layers=n_dec, dropout=0.0, norm=norm, norm_type=norm_type,
+                share_embeddings=True, pad_id=0)
+    args.update(kw)
+    return Transformer(**args).eval()
+
+
+def _copy_attn(ours, theirs: nn.MultiheadAttention) -> None:
+    q, k, v = theirs.in_proj_weight.chunk(3)
+    qb, kb, vb = theirs.in_proj_bias.chunk(3)
+    for lin, w, b in ((ours.q_proj, q, qb), (ours.k_proj, k, kb), (ours.v_proj, v, vb),
+                      (ours.out_proj, theirs.out_proj.weight, theirs.out_proj.bias)):
+        lin.weight.data.copy_(w)
+        lin.bias.data.copy_(b)
+
+
+def _copy_common(ours, theirs, norms) -> None:
+    _copy_attn(ours.self_attn, theirs.self_attn)
+    ours.ff.linear1.load_state_dict(theirs.linear1.state_dict())
+    ours.ff.linear2.load_state_dict(theirs.linear2.state_dict())
+    for res, ref in zip(norms, (theirs.norm1, theirs.norm2, getattr(theirs, "norm3", None))):
+        res.norm.load_state_dict(ref.state_dict())
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_encoder_layer_matches_torch(norm):
+    torch.manual_seed(0)
+    ref = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, batch_first=True,
+                                     norm_first=norm == "pre").eval()
+    ours = EncoderLayer(D, H, FF, dropout=0.0, norm=norm).eval()
+    # Perturb norm weights so the test would notice a norm in the wrong slot.
+    for p in ref.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    _copy_common(ours, ref, [ours.self_attn_res, ours.ff_res])
+    x = torch.randn(3, 7, D)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 5:] = True
+    with torch.no_grad():
+        expected = ref(x, src_key_padding_mask=pad)
+        got = ours(x, pad)
+    keep = ~pad
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_decoder_layer_matches_torch(norm):
+    torch.manual_seed(0)
+    ref = nn.TransformerDecoderLayer(D, H, FF, dropout=0.0, batch_first=True,
+                                     norm_first=norm == "pre").eval()
+    ours = DecoderLayer(D, H, FF, dropout=0.0, norm=norm).eval()
+    for p in ref.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    _copy_common(ours, ref, [ours.self_attn_res, ours.cross_attn_res, ours.ff_res])
+    _copy_attn(ours.cross_attn, ref.multihead_attn)
+    x, mem = torch.randn(2, 6, D), torch.randn(2, 5, D)
+    mem_pad = torch.zeros(2, 5, dtype=torch.bool)
+    mem_pad[0, 3:] = True
+    causal = nn.Transformer.generate_square_subsequent_mask(6)
+    with torch.no_grad():
+        expected = ref(x, mem, tgt_mask=causal, memory_key_padding_mask=mem_pad, tgt_is_causal=True)
+        got = ours(x, mem, mem_pad)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", PLACEMENTS)
+def test_causality(norm):
+    model = tiny_model(norm)
+    src = torch.randint(3, 23, (2, 6))
+    tgt = torch.randint(3, 23, (2, 8))
+    changed = tgt.clone()
+    changed[:, 5:] = torch.randint(3, 23, (2, 3))
+    with torch.no_grad():
+        a, b = model(src, tgt), model(src, changed)
+    torch.testing.assert_close(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+@pytest.mark.parametrize("norm", PLACEMENTS)
+def test_padding_invariance(norm):
+    model = tiny_model(norm)
+    src = torch.randint(3, 23, (1, 5))
+    tgt = torch.randint(3, 23, (1, 4))
+    padded_src = torch.cat([src, torch.zeros(1, 3, dtype=torch.long)], 1)
+    padded_tgt = torch.cat([tgt, torch.zeros(1, 2, dtype=torch.long)], 1)
+    with torch.no_grad():
+        mem, _ = model.encode(src)
+        mem_p, _ = model.encode(padded_src)
+        torch.testing.assert_close(mem_p[:, :5], mem, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(padded_src, padded_tgt)[:, :4], model(src, tgt),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", PLACEMENTS)
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_cached_decoding_equals_full(norm, positions):
+    model = tiny_model(norm, positions=positions)
+    src = torch.randint(3, 23, (3, 6))
+    src[2, 4:] = 0
+    tgt = torch.randint(3, 23, (3, 7))
+    with torch.no_grad():
+        mem, pad = model.encode(src)
+        full = model.decode(tgt, mem, pad)
+        cache = model.new_cache()
+        steps = [model.decode(tgt[:, t : t + 1], mem, pad, cache) for t in range(7)]
+        # A block of several new tokens after a cached prefix must also be causal.
+        cache2 = model.new_cache()
+        head = model.decode(tgt[:, :3], mem, pad, cache2)
+        tail = model.decode(tgt[:, 3:], mem, pad, cache2)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([head, tail], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_reorder_cache_selects_rows():
+    model = tiny_model()
+    src = torch.randint(3, 23, (2, 5))
+    tgt = torch.randint(3, 23, (2, 3))
+    with torch.no_grad():
+        mem, pad = model.encode(src)
+        cache = model.new_cache()
+        model.decode(tgt[:, :2], mem, pad, cache)
+        Transformer.reorder_cache(cache, torch.tensor([1, 1]))
+        swapped = model.decode(tgt[[1, 1], 2:], mem[[1, 1]], pad[[1, 1]], cache)
+        full = model.decode(tgt[[1, 1]], mem[[1, 1]], pad[[1, 1]])
+    torch.testing.assert_close(swapped[:, 0], full[:, 2], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", PLACEMENTS)
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+def test_forward_backward_finite(norm, norm_type):
+    model = tiny_model(norm, norm_type).train()
+    src, tgt = torch.randint(3, 23, (2, 6)), torch.randint(3, 23, (2, 5))
+    logits = model(src, tgt)
+    assert logits.shape == (2, 5, 23)
+    logits.logsumexp(-1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_parameter_names_match_across_placements():
+    names = {n: {k for k, _ in tiny_model(n).named_parameters()} for n in ("post", "deepnorm", "pre")}
+    assert names["post"] == names["deepnorm"]
+    # pre-LN closes each stack with one extra norm; every sublayer weight keeps its name.
+    extra = names["pre"] - names["post"]
+    assert extra and all(k.startswith(("encoder_norm.", "decoder_norm.")) for k in extra)
+    assert names["post"] <= names["pre"]
+
+
+def test_rmsnorm_is_used_when_asked():
+    from mtcli.residual import RMSNorm
+
+    model = tiny_model("pre", "rmsnorm")
+    norms = [m for m in model.modules() if isinstance(m, (RMSNorm, nn.LayerNorm))]
+    assert norms and all(isinstance(m, RMSNorm) for m in norms)
+
+
+def test_deepnorm_constants_and_init():
+    c = deepnorm_constants(6, 6)
+    assert c["encoder_alpha"] == pytest.approx(0.81 * (6**4 * 6) ** (1 / 16))
+    assert c["decoder_beta"] == pytest.approx((12 * 6) ** (-1 / 4))
+    model = tiny_model("deepnorm", n_enc=6, n_dec=6)
+    plain = tiny_model("post", n_enc=6, n_dec=6)
+    assert model.encoder[0].ff_res.alpha == pytest.approx(c["encoder_alpha"])
+    assert model.decoder[0].self_attn_res.alpha == pytest.approx(c["decoder_alpha"])
+    assert plain.encoder[0].ff_res.alpha == 1.0
+
+    def std(m, name):
+        return torch.stack([dict(layer.named_parameters())[name].std() for layer in m]).mean().item()
+
+    # Scaled projections shrink by ~beta relative to q/k (both xavier-normal otherwise).
+    ratio_enc = std(model.encoder, "ff.linear1.weight") / std(plain.encoder, "ff.linear1.weight")
+    assert ratio_enc == pytest.approx(c["encoder_beta"], rel=0.15)
+    v = std(model.decoder, "self_attn.v_proj.weight")
+    q = std(model.decoder, "self_attn.q_proj.weight")
+    assert v / q == pytest.approx(c["decoder_beta"], rel=0.15)
+
+
+def test_no_residual_ablation_changes_output():
+    with_res, without = tiny_model("pre"), tiny_model("pre", residual=False)
+    src, tgt = torch.randint(3, 23, (1, 5)), torch.randint(3, 23, (1, 4))
+    with torch.no_grad():
+        assert not torch.allclose(with_res(src, tgt), without(src, tgt))
