@@ -108,7 +108,7 @@ def translate(
 @app.command()
 def score(
     files: list[str] | None = typer.Argument(
-        None, help="HYP REF [REF ...] ('-' reads stdin); with --model/--src only REF [REF ...]."
+        None, help="HYP REF [REF ...] ('-' reads stdin, .gz ok); with --model/--src only REF [REF ...]."
     ),
     metric: list[str] | None = typer.Option(
         None, "--metric", "-M", help="bleu, chrf or ter (repeatable; default bleu and chrf)."
@@ -117,9 +117,13 @@ def score(
     model: Path | None = typer.Option(None, "--model", "-m", help="Translate --src with this model."),
     src: Path | None = typer.Option(None, "--src", help="Source file to translate with --model."),
     tokenize: str | None = typer.Option(None, "--tokenize", "-t", help="BLEU tokenizer (13a, intl, char, none, ...)."),
-    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive BLEU/chrF/TER."),
-    chrf_word_order: int = typer.Option(0, "--chrf-word-order", help="2 gives chrF++."),
+    lowercase: bool = typer.Option(
+        False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is, as in sacreBLEU)."
+    ),
+    chrf_word_order: int = typer.Option(0, "--chrf-word-order", min=0, help="2 gives chrF++."),
     confidence: bool = typer.Option(False, "--confidence", help="Bootstrap 95% confidence intervals."),
+    confidence_n: int = typer.Option(1000, "--confidence-n", min=2, help="Bootstrap resamples for --confidence."),
+    width: int = typer.Option(2, "--width", "-w", min=0, max=10, help="Decimals printed (sacrebleu CLI: 1)."),
     min_bleu: float | None = typer.Option(None, "--min-bleu", help="Exit 1 if BLEU is below this."),
     min_chrf: float | None = typer.Option(None, "--min-chrf", help="Exit 1 if chrF is below this."),
     max_ter: float | None = typer.Option(None, "--max-ter", help="Exit 1 if TER is above this."),
@@ -130,7 +134,8 @@ def score(
     run_score(
         files=files or [], metrics=metric or [], json_out=json_out, model=model, src=src,
         tokenize=tokenize, lowercase=lowercase, chrf_word_order=chrf_word_order,
-        confidence=confidence, min_bleu=min_bleu, min_chrf=min_chrf, max_ter=max_ter,
+        confidence=confidence, confidence_n=confidence_n, width=width,
+        min_bleu=min_bleu, min_chrf=min_chrf, max_ter=max_ter,
     )  # fmt: skip
 
 

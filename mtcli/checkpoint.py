@@ -1,0 +1,152 @@
+"""Training checkpoints and model bundles, written atomically (temp file or folder + rename).
+
+Checkpoints (`checkpoints/step_00001000.pt`, `best.pt`) hold the whole training state and are
+loaded with `weights_only=True`. Bundles (`model/`) hold what translate needs and are loaded
+without unpickling: safetensors weights, the resolved config as YAML, SentencePiece model(s) and
+metadata as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from mtcli.errors import MtcliError, RunFailure
+
+STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
+SHAPE_SECTIONS = ("model", "tokenizer")
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to a temp file beside `path`, fsync, then rename; the old file survives a failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunFailure(f"could not save {path}: {exc.strerror or exc}; the previous checkpoint is intact") from None
+
+
+def step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Numbered checkpoints, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if STEP_FILE.match(p.name))
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` numbered checkpoints (best.pt is separate)."""
+    for old in step_checkpoints(ckpt_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a training checkpoint safely; a corrupt or truncated file is a clear error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged zip/pickle data
+        raise MtcliError(
+            f"{path}: checkpoint is corrupt or truncated ({type(exc).__name__}); "
+            "delete it or start over with --restart"
+        ) from None
+
+
+def shape_mismatch(saved: dict, current: dict) -> list[str]:
+    """Dotted keys of the model-shaping config sections that differ between checkpoint and config."""
+    diffs = []
+    for section in SHAPE_SECTIONS:
+        old, new = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if key in ("dropout", "attention_dropout"):
+                continue  # regularization, not shape: may change between runs
+            if old.get(key) != new.get(key):
+                diffs.append(f"{section}.{key} ({old.get(key)!r} -> {new.get(key)!r})")
+    return diffs
+
+
+def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights of several checkpoints (fairseq/Marian averaging)."""
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = load_checkpoint(path)["model"]
+        for key, value in state.items():
+            value = value.double() if value.is_floating_point() else value
+            total[key] = total[key] + value if key in total else value.clone()
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+
+
+# ----------------------------------------------------------------------------- bundles
+
+
+def export_bundle(model, config_dump: dict, data_dir: Path, bundle_dir: Path, metadata: dict) -> None:
+    """Write model/ (weights, config, tokenizer, metadata) to a temp folder and swap it in."""
+    from safetensors.torch import save_model
+
+    bundle_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=bundle_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config_dump, sort_keys=False, allow_unicode=True))
+        for spm_file in sorted(Path(data_dir).glob("spm*.model")):
+            shutil.copy2(spm_file, tmp / spm_file.name)
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        (tmp / "model.safetensors").chmod(0o644)
+        old = bundle_dir.with_name(f".{bundle_dir.name}.old")
+        if bundle_dir.exists():
+            os.replace(bundle_dir, old)
+        os.replace(tmp, bundle_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunFailure(f"could not write the model bundle {bundle_dir}: {exc}") from None
+
+
+def link_latest(bundle_dir: Path) -> Path:
+    """Point `<runs>/latest` at this bundle (relative symlink, replaced atomically)."""
+    latest = bundle_dir.parent.parent / "latest"
+    target = os.path.relpath(bundle_dir, latest.parent)
+    tmp = latest.with_name(".latest.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, latest)
+    return latest
+
+
+def load_bundle(path: Path, device: str = "cpu"):
+    """(model in eval mode, Config, Tokenizer, metadata) from a bundle folder."""
+    from safetensors.torch import load_model
+
+    from mtcli.config import config_from_dict
+    from mtcli.model import build_model
+    from mtcli.tokenizer import Tokenizer
+
+    path = Path(path)
+    needed = ["model.safetensors", "config.yaml", "metadata.json"]
+    missing = [n for n in needed if not (path / n).is_file()]
+    if not path.is_dir() or missing:
+        what = "does not exist" if not path.exists() else f"is not a model bundle (missing {', '.join(missing)})"
+        raise MtcliError(f"{path}: {what}; train one with `mtcli train CONFIG` or pass --model PATH")
+    try:
+        meta = json.loads((path / "metadata.json").read_text())
+        cfg = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
+        tok = Tokenizer(path)
+        model = build_model(cfg.model, meta["src_vocab"], meta["tgt_vocab"], meta["joint"], meta["pad_id"])
+        load_model(model, str(path / "model.safetensors"), device=device)
+    except MtcliError:
+        raise
+    except Exception as exc:
+        raise MtcliError(f"{path}: incompatible or damaged model bundle ({type(exc).__name__}: {exc})") from None
+    return model.to(device).eval(), cfg, tok, meta

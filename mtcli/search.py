@@ -1,0 +1,174 @@
+"""Batched beam search (and sampling) over the model's `encode`/`decode` with the per-layer cache.
+
+Every sentence of a batch keeps `beam_size` live hypotheses. Each step decodes only the newest
+token (earlier keys/values come from the cache), takes the 2K best continuations per sentence,
+sets aside those that end in EOS among the top K, and keeps the K best that do not. A sentence is
+done when it has K finished hypotheses or reaches its maximum length; done sentences leave the
+batch so later steps only pay for the live ones. Beam size 1 is exactly greedy search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    """A finished translation: target ids (no BOS/EOS), log-probability and normalized score."""
+
+    tokens: list[int]
+    logprob: float
+    score: float
+
+
+@dataclass
+class SearchParams:
+    """Plain search settings (filled from the bundle's decode config and CLI overrides)."""
+
+    beam_size: int = 5
+    nbest: int = 1
+    length_penalty: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    min_len: int = 1
+    sampling: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    bos_id: int = 2
+    eos_id: int = 3
+    pad_id: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def length_norm(logprob: torch.Tensor | float, length: int, alpha: float):
+    """GNMT length normalization (Wu et al. 2016): logprob / ((5 + len) / 6) ** alpha."""
+    return logprob / (((5.0 + length) / 6.0) ** alpha)
+
+
+def max_lengths(src: torch.Tensor, p: SearchParams, limit: int) -> torch.Tensor:
+    """Per-sentence maximum output length a * src_len + b (tokens before EOS), capped by `limit`."""
+    src_len = src.ne(p.pad_id).sum(1).float()
+    return (p.max_len_a * src_len + p.max_len_b).long().clamp(min=1, max=limit)
+
+
+def _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p) -> torch.Tensor:
+    """(N, V) log-probabilities of the next token, with min/max length and PAD/BOS rules applied."""
+    logits = model.decode(tokens[:, -1:], memory, pad_mask, cache)[:, -1].float()
+    lprobs = torch.log_softmax(logits, dim=-1)
+    lprobs[:, p.pad_id] = NEG_INF
+    lprobs[:, p.bos_id] = NEG_INF
+    if step < p.min_len:
+        lprobs[:, p.eos_id] = NEG_INF
+    at_max = step >= max_len  # (N,) rows that must end now
+    if at_max.any():
+        eos_col = lprobs[at_max, p.eos_id].clone()
+        lprobs[at_max] = NEG_INF
+        lprobs[at_max, p.eos_id] = torch.where(torch.isfinite(eos_col), eos_col, 0.0)
+    return lprobs
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothesis]]:
+    """Translate a padded batch src (B, S); returns up to `nbest` hypotheses per sentence, best first."""
+    if p.sampling:
+        return sample(model, src, p)
+    k, n = p.beam_size, src.size(0)
+    device = src.device
+    memory, pad_mask = model.encode(src)  # (B, S, D)
+    limit = model.max_positions - 1
+    max_len = max_lengths(src, p, limit).repeat_interleave(k)  # (B*K,)
+    memory, pad_mask = memory.repeat_interleave(k, 0), pad_mask.repeat_interleave(k, 0)
+    tokens = torch.full((n * k, 1), p.bos_id, dtype=torch.long, device=device)
+    scores = torch.full((n, k), NEG_INF, device=device)
+    scores[:, 0] = 0.0  # all beams start identical: only the first is live at step 0
+    cache = model.new_cache()
+    alive = list(range(n))  # original sentence index of each row group
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    for step in range(int(max_len.max()) + 1):
+        lprobs = _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p)
+        vocab = lprobs.size(-1)
+        cand = (scores.view(-1, 1) + lprobs).view(len(alive), k * vocab)
+        top_scores, top_idx = cand.topk(min(2 * k, cand.size(1)), dim=1)  # (n, 2K)
+        top_beam, top_tok = top_idx // vocab, top_idx % vocab
+        is_eos = top_tok.eq(p.eos_id) & torch.isfinite(top_scores)
+        _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, step, p)
+        # Live continuations: the K best candidates that do not end here.
+        live_scores, pos = top_scores.masked_fill(top_tok.eq(p.eos_id), NEG_INF).topk(k, dim=1)
+        rows = (torch.arange(len(alive), device=device)[:, None] * k + top_beam.gather(1, pos)).view(-1)
+        tokens = torch.cat([tokens[rows], top_tok.gather(1, pos).view(-1, 1)], dim=1)
+        scores = live_scores
+        model.reorder_cache(cache, rows, cross=False)
+        done = [len(finished[s]) >= k or step >= int(max_len[i * k]) for i, s in enumerate(alive)]
+        if all(done):
+            break
+        if any(done):
+            keep = torch.tensor([i for i, d in enumerate(done) if not d], device=device)
+            keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
+            alive = [alive[i] for i in keep.tolist()]
+            tokens, scores = tokens[keep_rows], scores[keep]
+            memory, pad_mask, max_len = memory[keep_rows], pad_mask[keep_rows], max_len[keep_rows]
+            model.reorder_cache(cache, keep_rows, cross=True)
+    return [sorted(h, key=lambda x: -x.score)[: p.nbest] for h in finished]
+
+
+def _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, step, p) -> None:
+    """Set aside hypotheses that end with EOS among each sentence's top K candidates."""
+    hits = is_eos[:, :k].nonzero().tolist()
+    for i, j in hits:
+        s = alive[i]
+        if len(finished[s]) >= k:
+            continue
+        row = i * k + int(top_beam[i, j])
+        ids = tokens[row, 1:].tolist()  # drop BOS
+        logprob = float(top_scores[i, j])
+        score = float(length_norm(logprob, len(ids) + 1, p.length_penalty))
+        finished[s].append(Hypothesis(ids, logprob, score))
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the top-k tokens and the smallest set whose probability reaches top-p (nucleus)."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
+    return logits
+
+
+@torch.no_grad()
+def sample(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothesis]]:
+    """Ancestral sampling with temperature, top-k and top-p; `nbest` samples per sentence."""
+    n, m = src.size(0), p.nbest
+    memory, pad_mask = model.encode(src)
+    memory, pad_mask = memory.repeat_interleave(m, 0), pad_mask.repeat_interleave(m, 0)
+    max_len = max_lengths(src, p, model.max_positions - 1).repeat_interleave(m)
+    tokens = torch.full((n * m, 1), p.bos_id, dtype=torch.long, device=src.device)
+    logprob = torch.zeros(n * m, device=src.device)
+    ended = torch.zeros(n * m, dtype=torch.bool, device=src.device)
+    cache = model.new_cache()
+    for step in range(int(max_len.max()) + 1):
+        lprobs = _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p)
+        logits = _filter_logits(lprobs / p.temperature, p.top_k, p.top_p)
+        tok = torch.multinomial(logits.softmax(-1), 1).squeeze(1)
+        tok = tok.masked_fill(ended, p.pad_id)
+        logprob += lprobs.gather(1, tok[:, None]).squeeze(1).masked_fill(ended, 0.0)
+        tokens = torch.cat([tokens, tok[:, None]], dim=1)
+        ended |= tok.eq(p.eos_id)
+        if ended.all():
+            break
+    out: list[list[Hypothesis]] = []
+    for s in range(n):
+        hyps = []
+        for r in range(s * m, (s + 1) * m):
+            ids = [t for t in tokens[r, 1:].tolist() if t not in (p.eos_id, p.pad_id)]
+            hyps.append(Hypothesis(ids, float(logprob[r]), float(length_norm(logprob[r], len(ids) + 1, p.length_penalty))))
+        out.append(sorted(hyps, key=lambda h: -h.score))
+    return out

@@ -1,0 +1,390 @@
+"""`mtcli train`: token-bucketed training with exact resume, evaluation, checkpoints and export.
+
+Exact resume: the batch order of an epoch is a pure function of (seed, epoch), and a checkpoint
+stores the model, optimizer, step, data position (epoch, batches consumed) and RNG state, so a
+resumed run replays the same updates as an uninterrupted one. Under torchrun every rank takes
+its own batches of each update (DDP averages the gradients); only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from mtcli.batching import collate, token_batches
+from mtcli.checkpoint import (
+    atomic_save,
+    average_state_dicts,
+    export_bundle,
+    link_latest,
+    load_checkpoint,
+    prune,
+    shape_mismatch,
+    step_checkpoints,
+)
+from mtcli.dataset import load_pair
+from mtcli.distributed import Dist
+from mtcli.errors import MtcliError, RunFailure
+from mtcli.gradnorms import sublayer_grad_norms
+from mtcli.model import build_model
+from mtcli.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
+from mtcli.progress import Display, MetricsLog
+
+
+class Trainer:
+    """Owns the model, optimizer, data and the loop state for one run directory."""
+
+    def __init__(self, cfg, manifest: dict, dist: Dist):
+        self.cfg, self.t, self.dist = cfg, cfg.train, dist
+        self.run = cfg.run_path
+        self.data_dir = self.run / "data"
+        self.ckpt_dir = self.run / "checkpoints"
+        vocab = manifest["vocab"]
+        self.ids = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+        self.vocab = {"src_vocab": vocab["src_size"], "tgt_vocab": vocab["tgt_size"], "joint": vocab["joint"]}
+        self.train_src, self.train_tgt = load_pair(self.data_dir, "train", manifest["dtype"])
+        self.valid = load_pair(self.data_dir, "valid", manifest["dtype"]) if "valid" in manifest["splits"] else None
+        torch.manual_seed(self.t.seed)
+        self.model = build_model(cfg.model, vocab["src_size"], vocab["tgt_size"], vocab["joint"]).to(dist.device)
+        self.optimizer = build_optimizer(self.model.parameters(), self.t)
+        self.amp_dtype, self.scaler = self._amp()
+        self.net = dist.wrap(self.model)
+        if self.t.compile:
+            self.net = torch.compile(self.net)
+        self.state = {"step": 0, "epoch": 1, "batch_pos": 0, "elapsed": 0.0, "tokens": 0,
+                      "best": None, "best_step": None, "bad_evals": 0, "skipped": 0}  # fmt: skip
+        self.stop_reason: str | None = None
+        self._signal: int | None = None
+
+    def _amp(self):
+        kind = self.t.amp
+        if self.dist.device.type != "cuda" or kind == "none":
+            return None, None
+        if kind == "auto":
+            kind = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        dtype = torch.bfloat16 if kind == "bf16" else torch.float16
+        return dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> dict:
+        """The whole training state (loadable with weights_only=True)."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None, "state": dict(self.state),
+                "rng": rng, "config": self.cfg.model_dump(mode="json"), "vocab": self.vocab}  # fmt: skip
+
+    def save(self) -> None:
+        """Write step_XXXXXXXX.pt atomically and prune old ones (rank 0)."""
+        if self.dist.rank == 0:
+            atomic_save(self.checkpoint(), self.ckpt_dir / f"step_{self.state['step']:08d}.pt")
+            prune(self.ckpt_dir, self.t.keep_last)
+        self.dist.barrier()
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint if there is one; refuse one of a different model shape."""
+        found = step_checkpoints(self.ckpt_dir)
+        if not found:
+            return False
+        ckpt = load_checkpoint(found[-1])
+        diffs = shape_mismatch(ckpt.get("config", {}), self.cfg.model_dump(mode="json"))
+        if ckpt.get("vocab") != self.vocab:
+            diffs.append(f"vocabulary ({ckpt.get('vocab')} -> {self.vocab})")
+        if diffs:
+            raise MtcliError(f"{found[-1]}: config changes the model shape: {'; '.join(diffs)}; "
+                             "use --restart to train from scratch")  # fmt: skip
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state.update(ckpt["state"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        return True
+
+    # ------------------------------------------------------------------ one update
+
+    def _micro_batches(self, batches: list) -> list | None:
+        """This rank's batches of the next update, or None when the epoch has too few left."""
+        world, uf, pos = self.dist.world, self.t.update_freq, self.state["batch_pos"]
+        if pos + world * uf > len(batches):
+            return None
+        self.state["batch_pos"] = pos + world * uf
+        return [batches[pos + self.dist.rank + world * j] for j in range(uf)]
+
+    def update(self, indices: list) -> dict | None:
+        """Forward/backward over this update's micro-batches and an optimizer step."""
+        dev = self.dist.device
+        micro = [collate(self.train_src, self.train_tgt, idx, self.ids) for idx in indices]
+        ntok = self.dist.sum(float(sum(int(b["ntokens"]) for b in micro)))
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = nll_sum = 0.0
+        for i, b in enumerate(micro):
+            with self.dist.no_sync(self.net, last=i == len(micro) - 1), self._autocast():
+                logits = self.net(b["src"].to(dev), b["tgt_in"].to(dev))
+                loss, nll = label_smoothed_nll(logits, b["tgt_out"].to(dev), self.t.label_smoothing, 0)
+            scaled = loss * self.dist.world / ntok
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum, nll_sum = loss_sum + float(loss.detach()), nll_sum + float(nll)
+        return self._step(self.dist.sum(loss_sum) / ntok, self.dist.sum(nll_sum) / ntok, ntok)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _step(self, loss: float, nll: float, ntok: float) -> dict | None:
+        step = self.state["step"] + 1
+        lr = self.t.lr * lr_factor(step, self.t)
+        set_lr(self.optimizer, lr)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        layer_norms = sublayer_grad_norms(self.model) if step % self.t.grad_norm_every == 0 else None
+        clip = self.t.clip_norm if self.t.clip_norm > 0 else float("inf")
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            return self._skip(step, loss)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.state.update(step=step, tokens=self.state["tokens"] + int(ntok), bad_run=0)
+        row = {"loss": loss, "nll": nll, "lr": lr, "grad_norm": gnorm, "ntokens": int(ntok)}
+        if layer_norms:
+            row["layer_grad_norms"] = layer_norms
+        return row
+
+    def _skip(self, step: int, loss: float) -> None:
+        """A NaN/inf loss or gradient: drop the update; stop if it keeps happening."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:  # fp16 overflow is routine: the scaler lowers its scale and we retry
+            self.scaler.update()
+        self.state["skipped"] += 1
+        self.state["bad_run"] = self.state.get("bad_run", 0) + 1
+        if self.state["bad_run"] >= self.t.max_bad_steps:
+            raise RunFailure(f"loss is not finite ({loss}) for {self.state['bad_run']} updates in a row at "
+                             f"step {step}: the run diverged; lower train.lr or raise train.warmup_steps")  # fmt: skip
+        return None
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, translator_factory) -> dict:
+        """Validation loss/perplexity and, if enabled, BLEU/chrF of the search output (rank 0)."""
+        from mtcli.evaluate import read_lines, valid_bleu, valid_loss
+
+        row = valid_loss(self.model, *self.valid, self.ids, self.t.max_tokens, self.t.label_smoothing,
+                         self.dist.device)  # fmt: skip
+        if self.t.eval_bleu and (self.data_dir / "valid.src.txt").exists():
+            n = self.t.eval_max_sentences
+            src = read_lines(self.data_dir / "valid.src.txt", n)
+            ref = read_lines(self.data_dir / "valid.tgt.txt", n)
+            scores, _ = valid_bleu(translator_factory(), src, ref)
+            row.update(scores)
+        return row
+
+    def improved(self, row: dict) -> bool:
+        """Track the best value of `train.best_metric` and the patience counter."""
+        value = row.get(self.t.best_metric)
+        if value is None:
+            return False
+        higher = self.t.best_metric != "valid_loss"
+        best = self.state["best"]
+        if best is None or (value > best if higher else value < best):
+            self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
+            return True
+        self.state["bad_evals"] += 1
+        return False
+
+    # ------------------------------------------------------------------ the loop
+
+    def limits_reached(self) -> str | None:
+        """Why training should stop now, or None."""
+        s, t = self.state, self.t
+        if t.max_steps and s["step"] >= t.max_steps:
+            return f"reached train.max_steps={t.max_steps}"
+        if t.max_time and s["elapsed"] >= t.max_time:
+            return f"reached train.max_time={t.max_time:.0f}s"
+        if t.max_epochs and s["epoch"] > t.max_epochs:
+            return f"reached train.max_epochs={t.max_epochs}"
+        if t.patience and s["bad_evals"] >= t.patience:
+            return f"no {t.best_metric} improvement in {t.patience} evaluations (early stop)"
+        if self._signal is not None:
+            return f"stopped by {signal.Signals(self._signal).name}"
+        return None
+
+    def install_signals(self) -> None:
+        """SIGINT/SIGTERM finish the current update, save a checkpoint and exit."""
+
+        def handler(signum, _frame):
+            if self._signal is not None:  # second Ctrl-C: give up at once
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    def fit(self, display: Display, log: MetricsLog | None, make_translator) -> None:
+        """Run updates until a limit, evaluating and checkpointing on schedule."""
+        s, t = self.state, self.t
+        start_step, last_save = s["step"], s["step"]
+        tick, tick_tokens = time.time(), 0
+        batches = token_batches(self.train_src.lengths, self.train_tgt.lengths, t.max_tokens, t.seed, s["epoch"])
+        while (reason := self.limits_reached()) is None:
+            began = time.time()
+            indices = self._micro_batches(batches)
+            if indices is None:  # epoch over: the next one reshuffles with (seed, epoch)
+                s["epoch"], s["batch_pos"] = s["epoch"] + 1, 0
+                batches = token_batches(self.train_src.lengths, self.train_tgt.lengths, t.max_tokens, t.seed, s["epoch"])
+                continue
+            row = self.update(indices)
+            s["elapsed"] += time.time() - began
+            self._check_signal()
+            if row is None:
+                continue
+            tick_tokens += row["ntokens"]
+            step = s["step"]
+            if step % t.log_every == 0 or step == t.max_steps:
+                now = time.time()
+                row.update(step=step, epoch=s["epoch"], time=round(s["elapsed"], 2),
+                           tokens_per_s=tick_tokens / max(now - tick, 1e-9))  # fmt: skip
+                tick, tick_tokens = now, 0
+                self._log(log, row)
+                display.update(row, s["epoch"], start_step, s["elapsed"])
+            if self.valid is not None and step % t.eval_every == 0:
+                self._evaluate(display, log, make_translator)
+            if step % t.save_every == 0:
+                self.save()
+                last_save = step
+        self.stop_reason = reason
+        if self.valid is not None and s["step"] % t.eval_every and s["step"] > start_step:
+            self._evaluate(display, log, make_translator)
+        if s["step"] != last_save or not step_checkpoints(self.ckpt_dir):
+            self.save()
+
+    def _check_signal(self) -> None:
+        # Ranks must agree on stopping, or one would wait forever in the next all-reduce.
+        if self.dist.world > 1:
+            flag = self.dist.sum(1.0 if self._signal is not None else 0.0)
+            if flag and self._signal is None:
+                self._signal = signal.SIGTERM
+
+    def _log(self, log: MetricsLog | None, row: dict) -> None:
+        if log is not None:
+            log.write({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+
+    def _evaluate(self, display: Display, log: MetricsLog | None, make_translator) -> None:
+        if self.dist.rank == 0:
+            row = {"step": self.state["step"], "time": round(self.state["elapsed"], 2)}
+            row.update(self.evaluate(make_translator))
+            better = self.improved(row)
+            row["best"] = self.state["best"]
+            self._log(log, row)
+            display.eval(row)
+            if better:
+                atomic_save(self.checkpoint(), self.ckpt_dir / "best.pt")
+        self.state.update(self.dist.broadcast_state(self.state))
+
+    # ------------------------------------------------------------------ export
+
+    def export(self) -> Path:
+        """Write the model bundle (averaged, best or last weights) and update runs/latest."""
+        from mtcli import __version__
+
+        t, weights, source = self.t, None, f"last (step {self.state['step']})"
+        numbered = step_checkpoints(self.ckpt_dir)
+        if t.average_last > 1 and len(numbered) > 1:
+            chosen = numbered[-t.average_last :]
+            weights, source = average_state_dicts(chosen), f"average of {len(chosen)} last checkpoints"
+        elif (self.ckpt_dir / "best.pt").exists():
+            weights = load_checkpoint(self.ckpt_dir / "best.pt")["model"]
+            source = f"best {t.best_metric} (step {self.state['best_step']})"
+        export = build_model(self.cfg.model, self.vocab["src_vocab"], self.vocab["tgt_vocab"], self.vocab["joint"])
+        export.load_state_dict(weights if weights is not None else self.model.state_dict())
+        meta = {**self.vocab, **self.ids, "step": self.state["step"], "weights": source,
+                "best": self.state["best"], "best_metric": t.best_metric, "mtcli": __version__,
+                "parameters": sum(p.numel() for p in export.parameters()),
+                "src_lang": self.cfg.data.src_lang, "tgt_lang": self.cfg.data.tgt_lang}  # fmt: skip
+        bundle = self.run / "model"
+        export_bundle(export, self.cfg.model_dump(mode="json"), self.data_dir, bundle, meta)
+        link_latest(bundle)
+        return bundle
+
+
+def _translator_factory(trainer: Trainer):
+    """Builds a greedy (or eval_beam_size) Translator over the live model for validation BLEU."""
+    from mtcli.tokenizer import Tokenizer
+    from mtcli.translate import Translator, search_params
+
+    tok = Tokenizer(trainer.data_dir)
+
+    def make():
+        params = search_params(trainer.cfg.decode, tok, beam=trainer.t.eval_beam_size, nbest=1)
+        return Translator(trainer.model, tok, params, trainer.cfg.decode.max_tokens, trainer.dist.device)
+
+    return make
+
+
+def run_train(cfg, restart: bool = False) -> Path | None:
+    """The `mtcli train` command: prepare if needed, train or resume, export the bundle."""
+    import shutil
+
+    from mtcli.config import to_yaml
+    from mtcli.prepare import run_prepare
+
+    dist = Dist.setup(cfg.train.device, cfg.train.threads)
+    try:
+        if dist.rank == 0:
+            run_prepare(cfg)
+        dist.barrier()
+        manifest = json.loads((cfg.run_path / "data" / "manifest.json").read_text())
+        if restart and dist.rank == 0:
+            shutil.rmtree(cfg.run_path / "checkpoints", ignore_errors=True)
+        dist.barrier()
+        trainer = Trainer(cfg, manifest, dist)
+        resumed = trainer.resume()
+        display = Display(cfg.train.max_steps, cfg.train.max_time, enabled=dist.rank == 0)
+        if dist.rank == 0:
+            (cfg.run_path / "config.yaml").write_text(to_yaml(cfg))
+            n_params = sum(p.numel() for p in trainer.model.parameters())
+            how = f"resuming from step {trainer.state['step']}" if resumed else "starting"
+            display.message(f"{how}: {n_params:,} parameters, {len(trainer.train_src):,} training pairs, "
+                            f"device {dist.device}, {dist.world} process(es), {torch.get_num_threads()} threads")  # fmt: skip
+        log = MetricsLog(cfg.run_path / "metrics.jsonl", trainer.state["step"] if resumed else None) if dist.rank == 0 else None
+        trainer.install_signals()
+        try:
+            trainer.fit(display, log, _translator_factory(trainer))
+        finally:
+            display.close()
+            if log:
+                log.close()
+        return _finish(trainer, display, cfg)
+    finally:
+        dist.cleanup()
+
+
+def _finish(trainer: Trainer, display: Display, cfg) -> Path | None:
+    """Export (rank 0), print the summary, and exit non-zero after a signal."""
+    s = trainer.state
+    bundle = trainer.export() if trainer.dist.rank == 0 else None
+    trainer.dist.barrier()
+    if trainer.dist.rank == 0:
+        best = f", best {trainer.t.best_metric} {s['best']} at step {s['best_step']}" if s["best"] is not None else ""
+        display.message(f"done: {trainer.stop_reason}; step {s['step']}, epoch {s['epoch']}, {s['tokens']:,} target "
+                        f"tokens in {s['elapsed']:.0f}s{best}; skipped updates {s['skipped']}")  # fmt: skip
+        display.message(f"model bundle: {bundle} (runs/latest points to it)")
+    if trainer._signal is not None:
+        if trainer.dist.rank == 0:
+            display.message(f"interrupted: checkpoint saved at step {s['step']}; resume with "
+                            f"`mtcli train <config>` (same config) or start over with --restart")  # fmt: skip
+        raise SystemExit(130 if trainer._signal == signal.SIGINT else 143)
+    return bundle

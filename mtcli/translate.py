@@ -1,0 +1,195 @@
+"""Translation from the shell: load a bundle, batch inputs by tokens, search, restore order, print.
+
+Standard input is read as it arrives and answered chunk by chunk, so a long pipe streams out and
+an interactive line is answered at once. One output line per input line; empty in, empty out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from mtcli.errors import MtcliError
+
+STDIN_CHUNK_LINES = 1000
+
+
+class Translator:
+    """A model, its tokenizer and search settings: text lines in, hypotheses out."""
+
+    def __init__(self, model, tokenizer, params, max_tokens: int = 8000, device=None, warn=None):
+        self.model, self.tok, self.params = model, tokenizer, params
+        self.max_tokens = max_tokens
+        self.device = device or next(model.parameters()).device
+        self.max_src = model.max_positions - 2  # room for EOS
+        self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+    def _encode(self, lines: list[str], first_line: int) -> list[list[int]]:
+        ids = self.tok.encode_src(lines)
+        for i, seq in enumerate(ids):
+            if len(seq) > self.max_src:
+                self.warn(f"line {first_line + i}: {len(seq)} tokens, truncated to {self.max_src}")
+                ids[i] = seq[: self.max_src]
+        return ids
+
+    def _batches(self, ids: list[list[int]]) -> Iterator[list[int]]:
+        # Longest first so the first batch shows at once whether memory suffices.
+        order = sorted((i for i, s in enumerate(ids) if s), key=lambda i: -len(ids[i]))
+        batch, width = [], 0
+        for i in order:
+            w = max(width, len(ids[i]) + 1)
+            if batch and w * (len(batch) + 1) > self.max_tokens:
+                yield batch
+                batch, w = [], len(ids[i]) + 1
+            batch.append(i)
+            width = w
+        if batch:
+            yield batch
+
+    def translate(self, lines: list[str], first_line: int = 1) -> list[list[dict]]:
+        """Hypotheses (dicts: text, tokens, score, logprob) for each line, in input order."""
+        from mtcli.batching import pad_batch
+        from mtcli.search import beam_search
+
+        clean = [" ".join(line.split()) for line in lines]
+        ids = self._encode(clean, first_line)
+        out: list[list[dict]] = [[] for _ in lines]
+        for batch in self._batches(ids):
+            src = pad_batch([ids[i] for i in batch], self.params.pad_id, suffix=self.params.eos_id)
+            hyps = beam_search(self.model, src.to(self.device), self.params)
+            texts = self.tok.decode_tgt([h.tokens for hs in hyps for h in hs])
+            it = iter(texts)
+            for i, hs in zip(batch, hyps):
+                out[i] = [
+                    {"text": next(it), "tokens": len(h.tokens), "score": round(h.score, 4),
+                     "logprob": round(h.logprob, 4)}
+                    for h in hs
+                ]  # fmt: skip
+        return out
+
+
+def search_params(decode_cfg, tok, beam: int | None = None, nbest: int | None = None):
+    """SearchParams from a DecodeConfig, with CLI overrides."""
+    from mtcli.search import SearchParams
+
+    d = decode_cfg
+    beam_size = beam or d.beam_size
+    return SearchParams(
+        beam_size=beam_size, nbest=min(nbest or d.nbest, beam_size) if not d.sampling else (nbest or d.nbest),
+        length_penalty=d.length_penalty, max_len_a=d.max_len_a, max_len_b=d.max_len_b, min_len=d.min_len,
+        sampling=d.sampling, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+        bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
+    )  # fmt: skip
+
+
+def resolve_model_path(model: Path | None) -> Path:
+    """--model, else $MTCLI_MODEL, else ./runs/latest."""
+    if model is not None:
+        return Path(model)
+    return Path(os.environ.get("MTCLI_MODEL") or "runs/latest")
+
+
+def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), device=None) -> Translator:
+    """Load a bundle and build a Translator with its decode settings plus overrides."""
+    import torch
+
+    from mtcli.checkpoint import load_bundle
+    from mtcli.config import apply_overrides, config_from_dict
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net, cfg, tok, _ = load_bundle(resolve_model_path(model), device)
+    if overrides:
+        bad = [o for o in overrides if not o.startswith("decode.")]
+        if bad:
+            raise MtcliError(f"--set {bad[0]}: translate only accepts decode.* keys")
+        raw = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
+        cfg = config_from_dict(raw, "--set")
+    params = search_params(cfg.decode, tok, beam, nbest)
+    return Translator(net, tok, params, cfg.decode.max_tokens, device)
+
+
+def translate_lines(lines: list[str], model: Path | None, beam: int | None = None) -> list[str]:
+    """Best translation of each line (used by `mtcli score --model`)."""
+    translator = load_translator(model, beam=beam)
+    return [h[0]["text"] if h else "" for h in translator.translate(lines)]
+
+
+# ----------------------------------------------------------------------------- input / output
+
+
+def _decode_line(raw: bytes, name: str, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise MtcliError(f"{name}: line {lineno}: invalid UTF-8") from None
+
+
+def read_chunks(fd: int, name: str, chunk_lines: int = STDIN_CHUNK_LINES) -> Iterator[list[str]]:
+    """Lines from a file descriptor, yielded as soon as a read returns them (streaming)."""
+    pending, lineno = b"", 0
+    while True:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for start in range(0, len(complete), chunk_lines):
+            part = complete[start : start + chunk_lines]
+            yield [_decode_line(raw, name, lineno + j + 1) for j, raw in enumerate(part)]
+            lineno += len(part)
+    if pending:
+        yield [_decode_line(pending, name, lineno + 1)]
+
+
+def _format(hyps: list[dict], source: str, fmt: str, index: int) -> str:
+    if fmt == "jsonl":
+        return json.dumps({"index": index, "source": source, "hypotheses": hyps}, ensure_ascii=False)
+    if len(hyps) > 1:  # n-best in Moses format: index ||| text ||| score
+        return "\n".join(f"{index} ||| {h['text']} ||| {h['score']}" for h in hyps)
+    return hyps[0]["text"] if hyps else ""
+
+
+def _input_chunks(text: list[str], input: Path | None) -> Iterator[list[str]]:
+    if text:
+        yield text
+    elif input is not None and str(input) != "-":
+        if not input.is_file():
+            raise MtcliError(f"{input}: input file not found")
+        with open(input, "rb") as f:
+            yield from read_chunks(f.fileno(), str(input))
+    else:
+        yield from read_chunks(sys.stdin.fileno(), "stdin", chunk_lines=STDIN_CHUNK_LINES)
+
+
+def run_translate(text, model, input, output, beam, nbest, fmt, overrides) -> None:
+    """The `mtcli translate` command."""
+    if fmt not in ("text", "jsonl"):
+        raise MtcliError(f"--format {fmt!r}: expected text or jsonl")
+    if text and input is not None:
+        raise MtcliError("give sentences as arguments or with -i FILE, not both")
+    translator = load_translator(model, beam, nbest, overrides)
+    tmp = None
+    if output is not None:
+        tmp = output.with_name(f".{output.name}.tmp")
+        sink = open(tmp, "w", encoding="utf-8")
+    else:
+        sink = sys.stdout
+    try:
+        index = 0
+        for chunk in _input_chunks(text, input):
+            results = translator.translate(chunk, first_line=index + 1)
+            for line, hyps in zip(chunk, results):
+                sink.write(_format(hyps, line, fmt, index) + "\n")
+                index += 1
+            sink.flush()
+    except BaseException:
+        if tmp is not None:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp is not None:
+        sink.close()
+        os.replace(tmp, output)
