@@ -150,3 +150,27 @@ def load_bundle(path: Path, device: str = "cpu"):
     except Exception as exc:
         raise MtcliError(f"{path}: incompatible or damaged model bundle ({type(exc).__name__}: {exc})") from None
     return model.to(device).eval(), cfg, tok, meta
+
+
+def average_run(run_dir: Path, last: int, out: Path | None = None) -> Path:
+    """Average the last `last` numbered checkpoints of a run into a bundle (default run/model)."""
+    from mtcli import __version__
+    from mtcli.config import config_from_dict
+    from mtcli.model import build_model
+
+    run_dir = Path(run_dir)
+    chosen = step_checkpoints(run_dir / "checkpoints")[-last:]
+    if not chosen:
+        raise MtcliError(f"{run_dir / 'checkpoints'}: no checkpoints to average; train first")
+    head = load_checkpoint(chosen[-1])
+    cfg = config_from_dict(head["config"], str(chosen[-1]))
+    vocab = head["vocab"]
+    model = build_model(cfg.model, vocab["src_vocab"], vocab["tgt_vocab"], vocab["joint"])
+    model.load_state_dict(average_state_dicts(chosen))
+    meta = {**vocab, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3, "step": head["state"]["step"],
+            "weights": f"average of {', '.join(p.name for p in chosen)}", "mtcli": __version__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}  # fmt: skip
+    out = Path(out) if out else run_dir / "model"
+    export_bundle(model, head["config"], run_dir / "data", out, meta)
+    return out

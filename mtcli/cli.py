@@ -139,6 +139,19 @@ def score(
     )  # fmt: skip
 
 
+@app.command()
+def average(
+    run_dir: Path = typer.Argument(..., help="Run directory (runs/<name>)."),
+    last: int = typer.Option(5, "--last", "-k", min=1, help="Average this many newest checkpoints."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Bundle folder (default RUN_DIR/model)."),
+) -> None:
+    """Average the last K checkpoints of a run into a model bundle (as fairseq and Marian do)."""
+    from mtcli.checkpoint import average_run
+
+    out = average_run(run_dir, last, output)
+    typer.echo(f"wrote {out}", err=True)
+
+
 def main() -> None:
     """Console entry point: run the app and turn MtcliErrors into one `error:` line."""
     try:

@@ -22,6 +22,7 @@ import typer
 from mtcli.errors import MtcliError, RunFailure
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from sacrebleu.metrics.base import Metric, Score
 
 METRICS = ("bleu", "chrf", "ter")
@@ -123,7 +124,7 @@ def _translate(source: Text, model: Path) -> Text:
 
     out = translate_lines(source.lines, model)
     if len(out) != len(source.lines):
-        raise RunFailure(f"{model}: translated {len(out)} lines of {source.name}'s {len(source.lines)}")
+        raise RunFailure(f"{model}: {len(out)} translations for the {len(source.lines)} lines of {source.name}")
     # Same segments as `mtcli translate -i SRC | mtcli score - REF` would read.
     return Text(f"{model}({source.name})", [line.rstrip() for line in out])
 
@@ -204,8 +205,8 @@ def score_dict(result: Result, confidence: bool) -> dict[str, Any]:
     score = result.score
     out: dict[str, Any] = {"name": score.name, "score": score.score, "signature": result.signature}
     out.update({field: getattr(score, field) for field in DETAILS[result.key]})
-    if confidence:  # sacrebleu keeps the bootstrap mean and 95% CI half-width only privately
-        out.update(mean=score._mean, ci=score._ci)
+    if confidence:  # sacrebleu keeps the bootstrap mean and 95% CI half-width privately (numpy)
+        out.update(mean=float(score._mean), ci=float(score._ci))
     return out
 
 
@@ -214,8 +215,8 @@ def plain_lines(results: list[Result], width: int) -> list[str]:
     return [f"{r.score.format(width)}  {r.signature}" for r in results]
 
 
-def print_table(results: list[Result], width: int, title: str) -> None:
-    """A rich table of the scores, for a terminal."""
+def print_table(results: list[Result], width: int, title: str, console: Console | None = None) -> None:
+    """A rich table of the scores, for a terminal (default: a Console on stdout)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text as RichText
@@ -227,7 +228,7 @@ def print_table(results: list[Result], width: int, title: str) -> None:
     for r in results:
         number, _, details = r.score.format(width).split(" = ", 1)[1].partition(" ")
         table.add_row(r.score.name, RichText(number, style="bold"), RichText(details), RichText(r.signature))
-    Console().print(table)
+    (console or Console()).print(table)
 
 
 def report(results: list[Result], meta: dict[str, Any], json_out: bool, confidence: bool, width: int) -> None:
@@ -242,9 +243,9 @@ def report(results: list[Result], meta: dict[str, Any], json_out: bool, confiden
         sys.stdout.write("".join(line + "\n" for line in plain_lines(results, width)))
 
 
-def _shown(value: float, width: int, failed: Any) -> str:
+def _shown(value: float, width: int, op: Any, limit: float) -> str:
     text = f"{value:.{width}f}"
-    return text if failed(float(text)) else repr(value)  # rounding must not hide the failure
+    return text if op(float(text), limit) else repr(value)  # rounding must not hide the failure
 
 
 def gate_failures(results: list[Result], gates: dict[str, float | None], width: int) -> list[str]:
@@ -256,8 +257,7 @@ def gate_failures(results: list[Result], gates: dict[str, float | None], width: 
             continue
         op, sign = (operator.gt, ">") if r.key == "ter" else (operator.lt, "<")
         if op(r.score.score, limit):
-            shown = _shown(r.score.score, width, lambda v, op=op, limit=limit: op(v, limit))
-            failures.append(f"{r.score.name} {shown} {sign} {limit}")
+            failures.append(f"{r.score.name} {_shown(r.score.score, width, op, limit)} {sign} {limit}")
     return failures
 
 

@@ -17,7 +17,7 @@ def _data_root(monkeypatch):
     monkeypatch.setenv("MTCLI_DATA", str(DATA))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared corpora (../shared/data beside the checkout)."""
     if not DATA.is_dir():

@@ -1,0 +1,259 @@
+"""Training: end to end on a slice of Multi30k, exact resume, signals, faults, schedules, batching."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtcli.batching import token_batches
+from mtcli.config import load_config
+from mtcli.errors import MtcliError, RunFailure
+from mtcli.optim import lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def cli(*args, cwd=REPO, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "mtcli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def rows(run: Path, key: str) -> list[tuple[int, float]]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r[key]) for r in map(json.loads, lines) if key in r]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, data_dir) -> Path:
+    """A tiny run directory with prepared data (prepared once per session)."""
+    from mtcli.prepare import run_prepare
+
+    run = tmp_path_factory.mktemp("prepared") / "run"
+    os.environ["MTCLI_DATA"] = str(data_dir)
+    run_prepare(load_config(TINY, [f"run_dir={run}"]))
+    return run
+
+
+@pytest.fixture
+def run(prepared, tmp_path) -> Path:
+    """A fresh copy of the prepared run directory under runs/ in tmp_path."""
+    dest = tmp_path / "runs" / "tiny"
+    shutil.copytree(prepared, dest, symlinks=True)
+    return dest
+
+
+def test_train_end_to_end(run, tmp_path):
+    out = cli("train", str(TINY), "--set", f"run_dir={run}", "--set", "train.log_every=5")
+    assert out.returncode == 0, out.stderr
+    losses = [v for _, v in rows(run, "loss")]
+    assert len(losses) == 8 and np.mean(losses[-2:]) < losses[0] - 0.5
+    evals = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if "valid_loss" in r]
+    assert [e["step"] for e in evals] == [20, 40]
+    assert "valid_bleu" in evals[-1] and "tok:13a" in evals[-1]["bleu_signature"]
+    assert evals[-1]["valid_loss"] < evals[0]["valid_loss"]
+    grads = [json.loads(r)["layer_grad_norms"] for r in (run / "metrics.jsonl").read_text().splitlines()
+             if "layer_grad_norms" in r]
+    # tiny.yaml: grad_norm_every defaults to 100 > max_steps, so none yet
+    assert grads == []
+    bundle = run / "model"
+    assert {"model.safetensors", "config.yaml", "metadata.json", "spm.model"} <= {p.name for p in bundle.iterdir()}
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and latest.resolve() == bundle.resolve()
+    # translate finds runs/latest from the working directory
+    tr = cli("translate", "A man is walking.", "", "Two dogs.", cwd=tmp_path)
+    assert tr.returncode == 0, tr.stderr
+    lines = tr.stdout.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[0] and lines[2]
+
+
+def test_layer_grad_norms_logged(run):
+    out = cli("train", str(TINY), "--set", f"run_dir={run}", "--set", "train.max_steps=6",
+              "--set", "train.grad_norm_every=3", "--set", "train.log_every=3", "--set", "model.norm=post")
+    assert out.returncode == 0, out.stderr
+    logged = [json.loads(r)["layer_grad_norms"] for r in (run / "metrics.jsonl").read_text().splitlines()
+              if "layer_grad_norms" in r]
+    assert len(logged) == 2
+    keys = set(logged[0])
+    assert {"encoder.0.self_attn", "encoder.1.ff", "decoder.0.cross_attn", "decoder.1.ff"} <= keys
+    assert all(v > 0 and np.isfinite(v) for v in logged[0].values())
+
+
+def test_resume_is_exact(run, tmp_path):
+    other = tmp_path / "runs" / "split"
+    shutil.copytree(run, other, symlinks=True)
+    common = ["--set", "train.log_every=1", "--set", "train.max_steps=30", "--set", "train.save_every=7"]
+    full = cli("train", str(TINY), "--set", f"run_dir={run}", *common)
+    assert full.returncode == 0, full.stderr
+    first = cli("train", str(TINY), "--set", f"run_dir={other}", *common[:-2], "--set", "train.max_steps=13",
+                "--set", "train.save_every=7")
+    assert first.returncode == 0, first.stderr
+    second = cli("train", str(TINY), "--set", f"run_dir={other}", *common)
+    assert second.returncode == 0, second.stderr
+    assert "resuming from step 13" in second.stderr
+    assert rows(other, "loss") == rows(run, "loss")
+    assert len(rows(run, "loss")) == 30
+
+
+def test_sigint_saves_and_resumes(run):
+    cmd = [sys.executable, "-m", "mtcli", "train", str(TINY), "--set", f"run_dir={run}",
+           "--set", "train.max_steps=100000", "--set", "train.log_every=1", "--set", "train.save_every=100000",
+           "--set", "train.eval_every=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume" in err and "Traceback" not in err
+    saved = sorted((run / "checkpoints").glob("step_*.pt"))
+    assert saved
+    step = torch.load(saved[-1], weights_only=True)["state"]["step"]
+    assert step >= 5
+    again = cli("train", str(TINY), "--set", f"run_dir={run}", "--set", f"train.max_steps={step + 2}")
+    assert again.returncode == 0 and f"resuming from step {step}" in again.stderr
+
+
+def test_shape_change_and_corrupt_checkpoint(run):
+    base = ["train", str(TINY), "--set", f"run_dir={run}", "--set", "train.max_steps=3", "--set", "train.eval_every=1000"]
+    assert cli(*base).returncode == 0
+    changed = cli(*base, "--set", "model.d_model=64", "--set", "train.max_steps=4")
+    assert changed.returncode == 2
+    assert "model.d_model" in changed.stderr and "--restart" in changed.stderr
+    assert [ln for ln in changed.stderr.splitlines() if ln.startswith("error:")] and "Traceback" not in changed.stderr
+    restarted = cli(*base, "--set", "model.d_model=64", "--set", "train.max_steps=4", "--restart")
+    assert restarted.returncode == 0, restarted.stderr
+    ckpt = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    corrupt = cli(*base, "--set", "model.d_model=64", "--set", "train.max_steps=5")
+    assert corrupt.returncode == 2
+    assert "corrupt" in corrupt.stderr and str(ckpt.name) in corrupt.stderr and "Traceback" not in corrupt.stderr
+
+
+def test_nan_loss_skips_then_stops(run, monkeypatch):
+    import mtcli.train as train_mod
+
+    real = train_mod.label_smoothed_nll
+
+    def poisoned(logits, *a, **kw):
+        loss, nll = real(logits, *a, **kw)
+        return loss * float("nan"), nll
+
+    monkeypatch.setattr(train_mod, "label_smoothed_nll", poisoned)
+    cfg = load_config(TINY, [f"run_dir={run}", "train.max_bad_steps=3"])
+    with pytest.raises(RunFailure, match="not finite"):
+        train_mod.run_train(cfg)
+
+
+def test_disk_full_keeps_previous_checkpoint(run, monkeypatch):
+    import mtcli.checkpoint as ckpt_mod
+    import mtcli.train as train_mod
+
+    cfg = load_config(TINY, [f"run_dir={run}", "train.max_steps=4", "train.save_every=2", "train.eval_every=1000"])
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", failing_save)
+    with pytest.raises(RunFailure, match="No space left"):
+        train_mod.run_train(cfg)
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["step_00000002.pt"]
+    assert torch.load(run / "checkpoints" / files[0], weights_only=True)["state"]["step"] == 2
+
+
+def test_average_command(run):
+    out = cli("train", str(TINY), "--set", f"run_dir={run}", "--set", "train.max_steps=6", "--set",
+              "train.save_every=2", "--set", "train.eval_every=1000")
+    assert out.returncode == 0, out.stderr
+    ckpts = sorted((run / "checkpoints").glob("step_*.pt"))[-2:]
+    avg = cli("average", str(run), "--last", "2", "-o", str(run / "avg"))
+    assert avg.returncode == 0, avg.stderr
+    from safetensors.torch import load_file
+
+    got = load_file(str(run / "avg" / "model.safetensors"))
+    states = [torch.load(p, weights_only=True)["model"] for p in ckpts]
+    key = "encoder.0.ff.linear1.weight"
+    torch.testing.assert_close(got[key], (states[0][key] + states[1][key]) / 2)
+    assert cli("translate", "-m", str(run / "avg"), "A dog.").returncode == 0
+
+
+def test_ddp_two_processes_stay_in_sync(run, tmp_path):
+    script = tmp_path / "ddp_check.py"
+    script.write_text(f"""
+import json, os, sys, torch
+sys.path.insert(0, {str(REPO)!r})
+from mtcli.config import load_config
+from mtcli.train import run_train
+cfg = load_config({str(TINY)!r}, ["run_dir={run}", "train.max_steps=12", "train.log_every=1",
+                   "train.eval_every=1000", "train.save_every=6", "train.threads=1"])
+import mtcli.train as t
+orig = t.Trainer.fit
+def fit(self, *a, **kw):
+    orig(self, *a, **kw)
+    flat = torch.cat([p.detach().flatten() for p in self.model.parameters()])
+    with open(os.path.join({str(tmp_path)!r}, f"rank{{self.dist.rank}}.json"), "w") as f:
+        json.dump({{"sum": float(flat.double().sum()), "norm": float(flat.double().norm()), "world": self.dist.world}}, f)
+t.Trainer.fit = fit
+run_train(cfg)
+""")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                          str(script)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["world"] == 2 and r0 == r1
+    losses = [v for _, v in rows(run, "loss")]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < losses[0]
+    # The checkpoint written under 2 processes resumes in one.
+    again = cli("train", str(TINY), "--set", f"run_dir={run}", "--set", "train.max_steps=14")
+    assert again.returncode == 0 and "resuming from step 12" in again.stderr
+
+
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "linear", "cosine", "constant"])
+def test_schedules(schedule):
+    cfg = load_config(TINY, [f"train.schedule={schedule}", "train.warmup_steps=10", "train.max_steps=100"]).train
+    f = [lr_factor(s, cfg) for s in range(1, 101)]
+    assert f[4] == pytest.approx(0.5) and max(f) == pytest.approx(1.0) and f[9] == pytest.approx(1.0)
+    if schedule != "constant":
+        assert f[-1] < f[20]
+    no_warmup = load_config(TINY, [f"train.schedule={schedule}", "train.warmup_steps=0", "train.max_steps=100"]).train
+    assert lr_factor(1, no_warmup) == pytest.approx(1.0, abs=0.02)
+
+
+def test_decay_schedule_needs_max_steps():
+    cfg = load_config(TINY, ["train.schedule=cosine", "train.max_steps=null", "train.warmup_steps=0"]).train
+    with pytest.raises(MtcliError, match="max_steps"):
+        lr_factor(5, cfg)
+
+
+def test_token_batches_cover_each_pair_once_within_budget():
+    rng = np.random.default_rng(0)
+    src, tgt = rng.integers(1, 40, 500), rng.integers(1, 40, 500)
+    batches = token_batches(src, tgt, 300, seed=1, epoch=1)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(500))
+    for b in batches:
+        width = int(np.maximum(src[b], tgt[b]).max()) + 1
+        assert width * len(b) <= 300 or len(b) == 1
+    same = token_batches(src, tgt, 300, seed=1, epoch=1)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, same))
+    other = token_batches(src, tgt, 300, seed=1, epoch=2)
+    assert not all(len(a) == len(b) and np.array_equal(a, b) for a, b in zip(batches, other))
