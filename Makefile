@@ -23,5 +23,13 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
+# The quick start: train a small English->French model (~12 minutes on a 2-core CPU), translate, score.
+demo: install
+	$(BIN)/mtcli train configs/demo.yaml
+	$(BIN)/mtcli translate "I love you" "Where is the train station?" "I don't know what to do." \
+		"She is reading a book in the garden." "We are going to the beach tomorrow."
+	@echo "test BLEU of the demo model (Tatoeba test split, beam search):" >&2
+	$(BIN)/mtcli score --model runs/demo/model --src runs/demo/data/test.src.txt runs/demo/data/test.tgt.txt
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

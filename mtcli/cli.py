@@ -152,6 +152,46 @@ def average(
     typer.echo(f"wrote {out}", err=True)
 
 
+def _int_list(text: str | None, option: str) -> list[int | None]:
+    if not text:
+        return [None]
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MtcliError(f"{option} {text!r}: expected comma-separated integers, e.g. 6,12") from None
+
+
+@app.command()
+def gradients(
+    config: Path = typer.Argument(..., help="Experiment YAML file (its prepared train data is used)."),
+    norm: str = typer.Option("post,pre,deepnorm", "--norm", help="Comma-separated placements to compare."),
+    layers: str | None = typer.Option(None, "--layers", help="Comma-separated depths (encoder = decoder), e.g. 6,12."),
+    batches: int = typer.Option(8, "--batches", min=1, help="Real training batches to average over."),
+    steps: int = typer.Option(0, "--steps", min=0, help="Measure after this many updates (0 = at init)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write a PNG plot here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the raw numbers as JSON here."),
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Per-layer gradient norms for several norm placements, on real batches (Xiong et al. 2020)."""
+    from mtcli.study import run_gradients
+
+    cfg = _load(config, overrides)
+    norms = [n.strip() for n in norm.split(",") if n.strip()]
+    run_gradients(cfg, norms, _int_list(layers, "--layers"), batches, steps, output, json_path)
+
+
+@app.command()
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (runs/<name>) to draw side by side."),
+    output: Path = typer.Option(Path("curves.png"), "--output", "-o", help="PNG file to write."),
+    label: list[str] | None = typer.Option(None, "--label", help="Legend label per run (repeatable)."),
+) -> None:
+    """Plot training loss, validation loss/BLEU, learning rate and gradient norm of runs."""
+    from mtcli.plot import run_plot
+
+    typer.echo(f"wrote {run_plot(runs, output, label)}", err=True)
+
+
 def main() -> None:
     """Console entry point: run the app and turn MtcliErrors into one `error:` line."""
     try:

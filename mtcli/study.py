@@ -1,0 +1,156 @@
+"""`mtcli gradients`: per-layer gradient norms for several norm placements on real batches.
+
+For each placement and depth, a model is built from the config (same seed), optionally trained
+for a few updates, and the gradient of the loss on real training batches is taken. The L2 norm
+of each sublayer's weight gradient is reported per layer: the measurement of Xiong et al. 2020
+(Fig. 3), where post-LN's gradients grow toward the top layers and pre-LN's stay flat.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mtcli.errors import MtcliError
+
+
+def _batches(cfg, manifest: dict, n: int):
+    from mtcli.batching import collate, token_batches
+    from mtcli.dataset import load_pair
+
+    src, tgt = load_pair(cfg.run_path / "data", "train", manifest["dtype"])
+    ids = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+    order = token_batches(src.lengths, tgt.lengths, cfg.train.max_tokens, cfg.train.seed, 1)
+    return [collate(src, tgt, idx, ids) for idx in order[:n]]
+
+
+def measure(cfg, manifest: dict, norm: str, layers: int | None, batches: list, steps: int = 0) -> dict:
+    """Mean per-sublayer gradient norms over `batches` after `steps` updates from init."""
+    import torch
+
+    from mtcli.gradnorms import sublayer_grad_norms
+    from mtcli.model import build_model
+    from mtcli.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
+
+    shape = {"norm": norm}
+    if layers:
+        shape.update(encoder_layers=layers, decoder_layers=layers)
+    model_cfg = cfg.model.model_copy(update=shape)
+    vocab = manifest["vocab"]
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(model_cfg, vocab["src_size"], vocab["tgt_size"], vocab["joint"]).train()
+    opt = build_optimizer(model.parameters(), cfg.train)
+
+    def grad(batch):
+        model.zero_grad(set_to_none=True)
+        logits = model(batch["src"], batch["tgt_in"])
+        loss, _ = label_smoothed_nll(logits, batch["tgt_out"], cfg.train.label_smoothing, 0)
+        (loss / batch["ntokens"]).backward()
+        return float(loss.detach() / batch["ntokens"])
+
+    for step in range(1, steps + 1):
+        grad(batches[(step - 1) % len(batches)])
+        set_lr(opt, cfg.train.lr * lr_factor(step, cfg.train))
+        opt.step()
+    totals: dict[str, float] = {}
+    losses = []
+    for batch in batches:
+        losses.append(grad(batch))
+        for key, value in sublayer_grad_norms(model).items():
+            totals[key] = totals.get(key, 0.0) + value / len(batches)
+    n_enc, n_dec = model_cfg.encoder_layers, model_cfg.decoder_layers
+    return {"norm": norm, "encoder_layers": n_enc, "decoder_layers": n_dec, "steps": steps,
+            "loss": sum(losses) / len(losses), "grad_norms": totals}  # fmt: skip
+
+
+def run_gradients(cfg, norms: list[str], layers: list[int | None], n_batches: int, steps: int,
+                  output: Path | None, json_path: Path | None) -> list[dict]:
+    """The `mtcli gradients` command: measure, print a table, write JSON and a PNG plot."""
+    from mtcli.prepare import run_prepare
+
+    bad = [n for n in norms if n not in ("post", "pre", "deepnorm", "none")]
+    if bad:
+        raise MtcliError(f"--norm {bad[0]!r}: expected post, pre, deepnorm or none")
+    if output is not None:
+        require_matplotlib()
+    manifest = run_prepare(cfg)
+    batches = _batches(cfg, manifest, n_batches)
+    results = [measure(cfg, manifest, norm, n, batches, steps) for n in layers for norm in norms]
+    print_table(results)
+    if json_path is not None:
+        _atomic_write(json_path, json.dumps(results, indent=2))
+    if output is not None:
+        plot_gradients(results, output)
+    return results
+
+
+def print_table(results: list[dict]) -> None:
+    """Rich tables on stdout, one per depth: a row per layer, attention and FFN norms per placement."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for depth in sorted({r["encoder_layers"] for r in results}):
+        group = [r for r in results if r["encoder_layers"] == depth]
+        steps = group[0]["steps"]
+        when = "at init" if not steps else f"after {steps} updates"
+        table = Table(title=f"gradient norm per layer, {depth}+{depth} layers, {when}")
+        table.add_column("layer")
+        for r in group:
+            table.add_column(f"{r['norm']}\nattn", justify="right")
+            table.add_column(f"{r['norm']}\nffn", justify="right")
+        for stack, n in (("encoder", depth), ("decoder", group[0]["decoder_layers"])):
+            for i in range(n):
+                cells = []
+                for r in group:
+                    g = r["grad_norms"]
+                    cells += [f"{g.get(f'{stack}.{i}.self_attn', float('nan')):.3g}",
+                              f"{g.get(f'{stack}.{i}.ff', float('nan')):.3g}"]  # fmt: skip
+                table.add_row(f"{stack[:3]} {i + 1}", *cells)
+        console.print(table)
+
+
+def require_matplotlib():
+    """matplotlib, or a clear error saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MtcliError("plotting needs matplotlib: pip install 'mtcli[plot]' (or pip install matplotlib)") from None
+    return plt
+
+
+def plot_gradients(results: list[dict], output: Path) -> None:
+    """Gradient norm of FFN and attention weights against layer index, one line per placement."""
+    plt = require_matplotlib()
+    panels = [("encoder", "ff"), ("encoder", "self_attn"), ("decoder", "ff"), ("decoder", "self_attn")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (stack, sub) in zip(axes.flat, panels):
+        for r in results:
+            n = r[f"{stack}_layers"]
+            ys = [r["grad_norms"].get(f"{stack}.{i}.{sub}") for i in range(n)]
+            ax.plot(range(1, n + 1), ys, marker="o", label=f"{r['norm']} ({n} layers)")
+        ax.set(title=f"{stack} {sub}", xlabel="layer", ylabel="gradient norm", yscale="log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    steps = results[0]["steps"]
+    fig.suptitle(f"Per-layer gradient norms {'at initialization' if not steps else f'after {steps} updates'}")
+    fig.tight_layout()
+    _save_figure(fig, output)
+
+
+def _save_figure(fig, output: Path) -> None:
+    output = Path(output)
+    tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(output)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

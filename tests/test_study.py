@@ -1,0 +1,88 @@
+"""`mtcli gradients` and `mtcli plot` on a slice of real data."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtcli.errors import MtcliError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mtcli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ}, timeout=300)
+
+
+def test_gradients_table_json_and_plot(tmp_path):
+    run = tmp_path / "run"
+    out = cli("gradients", str(TINY), "--set", f"run_dir={run}", "--norm", "post,pre,deepnorm",
+              "--layers", "2,3", "--batches", "2", "-o", str(tmp_path / "g.png"), "--json", str(tmp_path / "g.json"))
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "g.json").read_text())
+    assert [(r["norm"], r["encoder_layers"]) for r in results] == [
+        ("post", 2), ("pre", 2), ("deepnorm", 2), ("post", 3), ("pre", 3), ("deepnorm", 3)]
+    for r in results:
+        n = r["encoder_layers"]
+        expected = {f"encoder.{i}.{s}" for i in range(n) for s in ("self_attn", "ff")}
+        expected |= {f"decoder.{i}.{s}" for i in range(n) for s in ("self_attn", "cross_attn", "ff")}
+        assert set(r["grad_norms"]) == expected
+        assert all(v > 0 for v in r["grad_norms"].values())
+    # Placements really differ: DeepNorm's beta-scaled init shrinks its gradients here.
+    post, deep = results[0]["grad_norms"], results[2]["grad_norms"]
+    assert deep["encoder.0.ff"] != pytest.approx(post["encoder.0.ff"], rel=0.05)
+    assert "3+3 layers" in out.stdout and "deepnorm" in out.stdout
+    assert (tmp_path / "g.png").read_bytes()[:8] == PNG
+
+
+def test_gradients_after_updates_and_bad_norm(tmp_path):
+    run = tmp_path / "run"
+    bad = cli("gradients", str(TINY), "--set", f"run_dir={run}", "--norm", "post,middle")
+    assert bad.returncode == 2 and "middle" in bad.stderr
+    ok = cli("gradients", str(TINY), "--set", f"run_dir={run}", "--norm", "pre", "--steps", "3", "--batches", "1",
+             "--json", str(tmp_path / "g.json"))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "g.json").read_text())[0]["steps"] == 3
+
+
+def _metrics(run: Path, scale: float) -> Path:
+    run.mkdir(parents=True)
+    rows = [{"step": s, "time": s * 0.5, "loss": scale * 8 / s, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 1e3}
+            for s in range(1, 30)]
+    rows += [{"step": 10, "time": 5.0, "valid_loss": 4.0, "valid_bleu": 3.0}, {"step": 20, "time": 10.0,
+             "valid_loss": 3.0, "valid_bleu": 9.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_plot_runs(tmp_path):
+    a, b = _metrics(tmp_path / "a", 1.0), _metrics(tmp_path / "b", 2.0)
+    out = cli("plot", str(a), str(b), "-o", str(tmp_path / "c.png"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG
+    missing = cli("plot", str(tmp_path / "nope"), "-o", str(tmp_path / "d.png"))
+    assert missing.returncode == 2 and "metrics.jsonl" in missing.stderr and not (tmp_path / "d.png").exists()
+
+
+def test_plot_without_matplotlib_says_how(tmp_path, monkeypatch):
+    from mtcli.plot import run_plot
+
+    real_import = builtins.__import__
+
+    def no_mpl(name, *a, **kw):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    with pytest.raises(MtcliError, match=r"pip install 'mtcli\[plot\]'"):
+        run_plot([_metrics(tmp_path / "a", 1.0)], tmp_path / "c.png")
