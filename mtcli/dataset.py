@@ -10,8 +10,9 @@ Ids carry no BOS/EOS: training and search add them. Files are written to `*.tmp`
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +32,33 @@ class SplitWriter:
         self.prefix = Path(prefix)
         self.dtype = np.dtype(dtype)
         self._bin = open(f"{prefix}.bin.tmp", "wb")
-        self._offsets = [0]
+        # Offsets are streamed too, so memory stays flat however many sentences are written.
+        self._idx = open(f"{prefix}.idx.tmp", "wb")
+        self._idx.write(np.zeros(1, dtype=np.int64).tobytes())
+        self.count = 0
         self.tokens = 0
 
     def add(self, ids: Iterable[int]) -> None:
         """Append one sentence."""
-        arr = np.asarray(ids, dtype=self.dtype)
-        self._bin.write(arr.tobytes())
-        self.tokens += arr.size
-        self._offsets.append(self.tokens)
+        self.add_batch([np.asarray(ids, dtype=self.dtype)])
+
+    def add_batch(self, batch: Sequence[Sequence[int]]) -> None:
+        """Append many sentences at once (much faster than `add` in a loop)."""
+        lengths = np.fromiter((len(ids) for ids in batch), dtype=np.int64, count=len(batch))
+        n_tokens = int(lengths.sum())
+        flat = np.fromiter(itertools.chain.from_iterable(batch), dtype=self.dtype, count=n_tokens)
+        self._bin.write(flat.tobytes())
+        self._idx.write((self.tokens + np.cumsum(lengths)).tobytes())
+        self.tokens += n_tokens
+        self.count += len(batch)
 
     def close(self) -> int:
-        """Flush, write the offsets and rename both files into place; returns the sentence count."""
+        """Flush and rename both files into place; returns the sentence count."""
         self._bin.close()
-        np.asarray(self._offsets, dtype=np.int64).tofile(f"{self.prefix}.idx.tmp")
+        self._idx.close()
         for ext in ("bin", "idx"):
             os.replace(f"{self.prefix}.{ext}.tmp", f"{self.prefix}.{ext}")
-        return len(self._offsets) - 1
+        return self.count
 
 
 class Split:

@@ -73,9 +73,7 @@ def read_pair(source: PairSource) -> Iterator[Pair]:
 
 
 def _mismatch(source: PairSource, n_src: int, n_tgt: int) -> str:
-    return (
-        f"line counts differ: {source.src} has {n_src} lines, {source.tgt} has {n_tgt}"
-    )
+    return f"line counts differ: {source.src} has {n_src} lines, {source.tgt} has {n_tgt}"
 
 
 def read_tsv(source: TsvSource) -> Iterator[Pair]:
@@ -214,7 +212,9 @@ def _translation_rows(ds, col: str, langs: tuple[str, str], where: str) -> Itera
             for lang in langs:
                 if lang not in item:
                     keys = ", ".join(item) or "none"
-                    raise MtcliError(f"{where}: row {row}: column '{col}' has no '{lang}' (keys: {keys})")
+                    raise MtcliError(
+                        f"{where}: row {row}: column '{col}' has no '{lang}' (keys: {keys})"
+                    )
             yield (
                 _as_text(item[langs[0]], f"{where}: row {row}"),
                 _as_text(item[langs[1]], f"{where}: row {row}"),

@@ -1,0 +1,132 @@
+"""The residual/normalization study of docs/NORMS.md, reproducible in one command.
+
+    python bench/norm_study.py gradients      # 1. per-layer gradient norms at init, 6+6 and 12+12
+    python bench/norm_study.py warmup         # 2. post/pre/deepnorm with and without warmup
+    python bench/norm_study.py depth          # 3. a narrow deep model; post vs pre vs deepnorm vs no residual
+    python bench/norm_study.py rmsnorm        # 4. LayerNorm vs RMSNorm throughput and quality
+    python bench/norm_study.py report         # tables + figures from the recorded JSON
+
+Each experiment trains with `mtcli train` on Multi30k en-de (configs/base.yaml) under the same
+wall-clock budget per run (`--minutes`), writes raw results as JSON under bench/results/norms/,
+and the figures are drawn from those JSON files only. Runs go to runs/norms/<name>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "norms"
+FIGURES = REPO / "docs" / "figures"
+BASE = REPO / "configs" / "base.yaml"
+MTCLI = [sys.executable, "-m", "mtcli"]
+
+
+def train(name: str, minutes: float, sets: list[str]) -> dict:
+    """Train one run from scratch under a time budget; return its final metrics."""
+    run = REPO / "runs" / "norms" / name
+    cmd = MTCLI + ["train", str(BASE), "--restart", "--set", f"run_dir={run}", "--set", f"train.max_time={minutes}m",
+                   "--set", "train.eval_every=400", "--set", "train.save_every=100000", "--set", "train.log_every=25",
+                   "--set", "train.eval_max_sentences=500", "--set", "train.average_last=1"]  # fmt: skip
+    for s in sets:
+        cmd += ["--set", s]
+    began = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train_rows = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "valid_loss" in r]
+    return {
+        "name": name, "sets": sets, "minutes": minutes, "exit": proc.returncode, "wall_s": round(time.time() - began, 1),
+        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        "best_valid_bleu": max((r.get("valid_bleu", 0) for r in evals), default=None),
+        "final_valid_loss": evals[-1]["valid_loss"] if evals else None,
+        "tokens_per_s": _median([r["tokens_per_s"] for r in train_rows[1:]]),
+        "diverged": proc.returncode != 0 and "not finite" in proc.stderr,
+        "stderr_tail": proc.stderr[-400:], "run_dir": str(run.relative_to(REPO)),
+    }  # fmt: skip
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
+def save(name: str, data) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    print(json.dumps(data, indent=2)[:3000])
+
+
+def exp_gradients(args) -> None:
+    out = RESULTS / "gradients.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cmd = MTCLI + ["gradients", str(BASE), "--norm", "post,pre,deepnorm", "--layers", "6,12", "--batches", "4",
+                   "--json", str(out), "--set", "model.dropout=0.1"]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def exp_warmup(args) -> None:
+    results = []
+    for norm in ("post", "pre", "deepnorm"):
+        for warmup, lr in ((4000, 7e-4), (0, 1e-3)):
+            sets = [f"model.norm={norm}", f"train.warmup_steps={warmup}", f"train.lr={lr}"]
+            results.append(train(f"warmup-{norm}-w{warmup}", args.minutes, sets))
+            save("warmup", results)
+
+
+def exp_depth(args) -> None:
+    narrow = ["model.d_model=128", "model.n_heads=4", "model.d_ff=512", f"model.encoder_layers={args.layers}",
+              f"model.decoder_layers={args.layers}", "train.warmup_steps=1000", "train.lr=1e-3"]  # fmt: skip
+    variants = [("post", []), ("pre", []), ("deepnorm", []), ("pre-noresidual", ["model.residual=false"])]
+    results = []
+    for name, extra in variants:
+        norm = name.split("-")[0]
+        results.append(train(f"depth{args.layers}-{name}", args.minutes, [*narrow, f"model.norm={norm}", *extra]))
+        save(f"depth{args.layers}", results)
+
+
+def exp_rmsnorm(args) -> None:
+    results = []
+    for norm_type in ("layernorm", "rmsnorm"):
+        results.append(train(f"normtype-{norm_type}", args.minutes, [f"model.norm_type={norm_type}"]))
+        save("rmsnorm", results)
+
+
+def report(args) -> None:
+    """Draw figures from the JSON results and the runs' metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    grads = RESULTS / "gradients.json"
+    if grads.exists():
+        from mtcli.study import plot_gradients
+
+        plot_gradients(json.loads(grads.read_text()), FIGURES / "norm-gradients.png")
+    for name in ("warmup", "depth12", "rmsnorm"):
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            from mtcli.plot import run_plot
+
+            runs = json.loads(path.read_text())
+            run_plot([REPO / r["run_dir"] for r in runs], FIGURES / f"norm-{name}.png", [r["name"] for r in runs])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=["gradients", "warmup", "depth", "rmsnorm", "report"])
+    parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock training budget per run")
+    parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
+    args = parser.parse_args()
+    {"gradients": exp_gradients, "warmup": exp_warmup, "depth": exp_depth, "rmsnorm": exp_rmsnorm,
+     "report": report}[args.experiment](args)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
