@@ -6,7 +6,8 @@
     python bench/norm_study.py rmsnorm        # 4. LayerNorm vs RMSNorm throughput and quality
     python bench/norm_study.py report         # tables + figures from the recorded JSON
 
-Each experiment trains with `mtcli train` on Multi30k en-de (configs/base.yaml) under the same
+Each experiment trains with `mtcli train` on Multi30k en-de (configs/base.yaml, 2048-token batches,
+runs two at a time with one thread each) under the same
 wall-clock budget per run (`--minutes`), writes raw results as JSON under bench/results/norms/,
 and the figures are drawn from those JSON files only. Runs go to runs/norms/<name>.
 """
@@ -18,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +27,17 @@ RESULTS = REPO / "bench" / "results" / "norms"
 FIGURES = REPO / "docs" / "figures"
 BASE = REPO / "configs" / "base.yaml"
 MTCLI = [sys.executable, "-m", "mtcli"]
+# Two runs at a time with one thread each: on 2 cores this avoids the thread stalls of one
+# 2-thread process sharing its cores, and every run of an experiment gets the same resources.
+PARALLEL, THREADS, MAX_TOKENS = 2, 1, 2048
+
+
+def train_all(jobs: list[tuple[str, list[str]]], minutes: float, name: str) -> list[dict]:
+    """Run (name, sets) jobs PARALLEL at a time under the same budget; save results as they end."""
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        results = list(pool.map(lambda job: train(job[0], minutes, job[1]), jobs))
+    save(name, results)
+    return results
 
 
 def train(name: str, minutes: float, sets: list[str]) -> dict:
@@ -32,7 +45,8 @@ def train(name: str, minutes: float, sets: list[str]) -> dict:
     run = REPO / "runs" / "norms" / name
     cmd = MTCLI + ["train", str(BASE), "--restart", "--set", f"run_dir={run}", "--set", f"train.max_time={minutes}m",
                    "--set", "train.eval_every=400", "--set", "train.save_every=100000", "--set", "train.log_every=25",
-                   "--set", "train.eval_max_sentences=500", "--set", "train.average_last=1"]  # fmt: skip
+                   "--set", "train.eval_max_sentences=500", "--set", "train.average_last=1",
+                   "--set", f"train.threads={THREADS}", "--set", f"train.max_tokens={MAX_TOKENS}"]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]
     began = time.time()
@@ -72,30 +86,24 @@ def exp_gradients(args) -> None:
 
 
 def exp_warmup(args) -> None:
-    results = []
-    for norm in ("post", "pre", "deepnorm"):
-        for warmup, lr in ((4000, 7e-4), (0, 1e-3)):
-            sets = [f"model.norm={norm}", f"train.warmup_steps={warmup}", f"train.lr={lr}"]
-            results.append(train(f"warmup-{norm}-w{warmup}", args.minutes, sets))
-            save("warmup", results)
+    jobs = [(f"warmup-{norm}-w{warmup}", [f"model.norm={norm}", f"train.warmup_steps={warmup}", f"train.lr={args.lr}"])
+            for norm in ("post", "pre", "deepnorm") for warmup in (args.warmup, 0)]  # fmt: skip
+    train_all(jobs, args.minutes, "warmup")
 
 
 def exp_depth(args) -> None:
     narrow = ["model.d_model=128", "model.n_heads=4", "model.d_ff=512", f"model.encoder_layers={args.layers}",
-              f"model.decoder_layers={args.layers}", "train.warmup_steps=1000", "train.lr=1e-3"]  # fmt: skip
+              f"model.decoder_layers={args.layers}", f"train.warmup_steps={args.warmup}", f"train.lr={args.lr}"]  # fmt: skip
     variants = [("post", []), ("pre", []), ("deepnorm", []), ("pre-noresidual", ["model.residual=false"])]
-    results = []
-    for name, extra in variants:
-        norm = name.split("-")[0]
-        results.append(train(f"depth{args.layers}-{name}", args.minutes, [*narrow, f"model.norm={norm}", *extra]))
-        save(f"depth{args.layers}", results)
+    jobs = [(f"depth{args.layers}-{name}", [*narrow, f"model.norm={name.split('-')[0]}", *extra])
+            for name, extra in variants]  # fmt: skip
+    train_all(jobs, args.minutes, f"depth{args.layers}")
 
 
 def exp_rmsnorm(args) -> None:
-    results = []
-    for norm_type in ("layernorm", "rmsnorm"):
-        results.append(train(f"normtype-{norm_type}", args.minutes, [f"model.norm_type={norm_type}"]))
-        save("rmsnorm", results)
+    jobs = [(f"normtype-{t}", [f"model.norm_type={t}", f"train.warmup_steps={args.warmup}", f"train.lr={args.lr}"])
+            for t in ("layernorm", "rmsnorm")]  # fmt: skip
+    train_all(jobs, args.minutes, "rmsnorm")
 
 
 def report(args) -> None:
@@ -123,6 +131,8 @@ def main() -> None:
     parser.add_argument("experiment", choices=["gradients", "warmup", "depth", "rmsnorm", "report"])
     parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock training budget per run")
     parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
+    parser.add_argument("--warmup", type=int, default=300, help="warmup steps of the runs that warm up")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     args = parser.parse_args()
     {"gradients": exp_gradients, "warmup": exp_warmup, "depth": exp_depth, "rmsnorm": exp_rmsnorm,
      "report": report}[args.experiment](args)  # fmt: skip

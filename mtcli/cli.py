@@ -92,6 +92,7 @@ def translate(
     beam: int | None = typer.Option(None, "--beam", "-b", min=1, help="Beam size (1 = greedy)."),
     nbest: int | None = typer.Option(None, "--nbest", "-n", min=1, help="Hypotheses per input."),
     format: str = typer.Option("text", "--format", "-f", help="Output format: text or jsonl."),
+    int8: bool = typer.Option(False, "--int8", help="int8-quantize the model for faster CPU search."),
     overrides: list[str] | None = typer.Option(
         None, "--set", "-s", metavar="KEY=VALUE", help="Override decode settings, e.g. decode.length_penalty=0.6."
     ),
@@ -101,7 +102,7 @@ def translate(
 
     run_translate(
         text=text or [], model=model, input=input, output=output, beam=beam, nbest=nbest,
-        fmt=format, overrides=overrides or [],
+        fmt=format, overrides=overrides or [], int8=int8,
     )  # fmt: skip
 
 

@@ -216,6 +216,7 @@ class DecodeConfig(Strict):
     temperature: float = Field(1.0, gt=0.0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    int8: bool = False  # CPU only: int8 dynamic quantization of every projection (faster search)
 
 
 class Config(Strict):

@@ -30,13 +30,32 @@ class MetricsLog:
         elif resume_step is None:
             path.unlink(missing_ok=True)
         self.file = open(path, "a", encoding="utf-8")
+        self.tb = _tensorboard(path.parent / "tensorboard")
 
     def write(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        if self.tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.tb.add_scalar(key, value, row["step"])
+                elif isinstance(value, dict):  # layer_grad_norms
+                    for sub, v in value.items():
+                        self.tb.add_scalar(f"{key}/{sub}", v, row["step"])
 
     def close(self) -> None:
         self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _tensorboard(log_dir: Path):
+    """A TensorBoard writer when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 class Display:

@@ -237,7 +237,7 @@ class Trainer:
         """Run updates until a limit, evaluating and checkpointing on schedule."""
         s, t = self.state, self.t
         start_step, last_save = s["step"], s["step"]
-        tick, tick_tokens = time.time(), 0
+        tick, tick_tokens, losses = time.time(), 0, []
         batches = token_batches(self.train_src.lengths, self.train_tgt.lengths, t.max_tokens, t.seed, s["epoch"])
         while (reason := self.limits_reached()) is None:
             began = time.time()
@@ -252,12 +252,14 @@ class Trainer:
             if row is None:
                 continue
             tick_tokens += row["ntokens"]
+            losses.append(row["loss"])
             step = s["step"]
             if step % t.log_every == 0 or step == t.max_steps:
                 now = time.time()
-                row.update(step=step, epoch=s["epoch"], time=round(s["elapsed"], 2),
-                           tokens_per_s=tick_tokens / max(now - tick, 1e-9))  # fmt: skip
-                tick, tick_tokens = now, 0
+                # `loss` is the mean over the updates since the last row, `step_loss` this update's.
+                row.update(step=step, epoch=s["epoch"], time=round(s["elapsed"], 2), step_loss=row["loss"],
+                           loss=sum(losses) / len(losses), tokens_per_s=tick_tokens / max(now - tick, 1e-9))  # fmt: skip
+                tick, tick_tokens, losses = now, 0, []
                 self._log(log, row)
                 display.update(row, s["epoch"], start_step, s["elapsed"])
             if self.valid is not None and step % t.eval_every == 0:

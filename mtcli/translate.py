@@ -92,7 +92,7 @@ def resolve_model_path(model: Path | None) -> Path:
     return Path(os.environ.get("MTCLI_MODEL") or "runs/latest")
 
 
-def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), device=None) -> Translator:
+def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), device=None, int8=False) -> Translator:
     """Load a bundle and build a Translator with its decode settings plus overrides."""
     import torch
 
@@ -101,6 +101,7 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg, tok, _ = load_bundle(resolve_model_path(model), device)
+    overrides = [*overrides, "decode.int8=true"] if int8 else list(overrides)
     if overrides:
         bad = [o for o in overrides if not o.startswith("decode.")]
         if bad:
@@ -108,6 +109,10 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
         raw = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
         cfg = config_from_dict(raw, "--set")
     params = search_params(cfg.decode, tok, beam, nbest)
+    if cfg.decode.int8 and device == "cpu":
+        from mtcli.quantize import quantize_for_inference
+
+        net = quantize_for_inference(net)
     return Translator(net, tok, params, cfg.decode.max_tokens, device)
 
 
@@ -164,13 +169,13 @@ def _input_chunks(text: list[str], input: Path | None) -> Iterator[list[str]]:
         yield from read_chunks(sys.stdin.fileno(), "stdin", chunk_lines=STDIN_CHUNK_LINES)
 
 
-def run_translate(text, model, input, output, beam, nbest, fmt, overrides) -> None:
+def run_translate(text, model, input, output, beam, nbest, fmt, overrides, int8=False) -> None:
     """The `mtcli translate` command."""
     if fmt not in ("text", "jsonl"):
         raise MtcliError(f"--format {fmt!r}: expected text or jsonl")
     if text and input is not None:
         raise MtcliError("give sentences as arguments or with -i FILE, not both")
-    translator = load_translator(model, beam, nbest, overrides)
+    translator = load_translator(model, beam, nbest, overrides, int8=int8)
     tmp = None
     if output is not None:
         tmp = output.with_name(f".{output.name}.tmp")
