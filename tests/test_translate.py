@@ -64,7 +64,8 @@ def test_input_and_output_files_and_jsonl_nbest(bundle, tmp_path):
 def test_arguments_beam_one_is_greedy_and_overrides(bundle):
     a = translate(bundle, "A dog.", "A cat.", "--beam", "1")
     assert a.returncode == 0 and len(a.stdout.decode().splitlines()) == 2
-    long = translate(bundle, "A dog.", "--set", "decode.min_len=15", "--set", "decode.max_len_b=15", "--format", "jsonl")
+    long = translate(bundle, "A dog.", "--set", "decode.min_len=15", "--set", "decode.max_len_b=15",
+                     "--set", "decode.max_len_a=0", "--format", "jsonl")
     assert json.loads(long.stdout)["hypotheses"][0]["tokens"] == 15
     bad = translate(bundle, "x", "--set", "model.d_model=3")
     assert bad.returncode == 2 and b"decode." in bad.stderr
