@@ -1,6 +1,7 @@
 """Translation speed of mtcli against Hugging Face `generate` and CTranslate2 (issue 5).
 
     .venv/bin/python bench/translate_bench.py [--model runs/latest] [--budgets 2000,4000,8000]
+    .venv/bin/python bench/translate_bench.py --real-only --model runs/latest   # part 2 only
 
 Part 1, same work: random-initialised base-size models (d_model 256, 4 heads, FFN 1024, 3+3
 layers, joint 8k vocabulary), the 1,000 English sentences of Multi30k test2016, beam 5, batches
@@ -13,14 +14,19 @@ same number of beams:
 - CTranslate2 fp32 / int8, converted from that Marian model, in a child process that never
   imports torch (min_decoding_length = max_decoding_length = 30).
 - mtcli's best: its own `Translator` (length-sorted token-budget batches) under the same forced
-  length, for each budget in --budgets; and "mtcli int8" (`mtcli.quantize`) if available.
+  length: one pass per budget in --budgets, then 3 at the fastest; and "mtcli int8"
+  (`mtcli.quantize`, fixed batches and the best budget).
 
 Each system: one warm-up batch, then 3 timed passes over the 1,000 sentences; the median
-sentences/s is reported, with every repeat, in bench/results/translate_speed.json.
+sentences/s is reported, with every repeat, in bench/results/translate_speed.json. The machine
+is shared: every pass first waits for idle cores, and a pass during which other processes used
+more than 0.25 core is set aside and rerun (see `median_run`).
 
 Part 2 (only with --model PATH): real throughput of a trained mtcli bundle on test2016 with its
 own decode settings at beam 5 and real output lengths, batches of 64 sentences in input order
-and its token-budget batching (decode.max_tokens); median of 3 passes.
+and its token-budget batching (decode.max_tokens), plus int8 with token budgets and how many
+translations int8 leaves identical; median of 3 passes. --real-only runs just this part and
+merges it into the existing --out file.
 
 The SentencePiece model comes from `run_prepare(configs/base.yaml, run_dir=runs/bench-base)`
 (reused when already prepared). --profile prints a cProfile of one mtcli pass instead.
@@ -353,7 +359,7 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True) -> di
     from mtcli.search import beam_search
     from mtcli.translate import Translator, load_translator
 
-    tr = load_translator(model_path, beam=BEAM, device="cpu")
+    tr = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.int8=false"])
     ids = tr._encode([" ".join(line.split()) for line in lines], 1)
     pad, eos = tr.params.pad_id, tr.params.eos_id
     batches = [pad_batch(ids[i : i + 64], pad, suffix=eos) for i in range(0, len(ids), 64)]
