@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from mtcli.dataset import SPECIAL
 from mtcli.errors import MtcliError, RunFailure
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
@@ -167,7 +168,7 @@ def average_run(run_dir: Path, last: int, out: Path | None = None) -> Path:
     vocab = head["vocab"]
     model = build_model(cfg.model, vocab["src_vocab"], vocab["tgt_vocab"], vocab["joint"])
     model.load_state_dict(average_state_dicts(chosen))
-    meta = {**vocab, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3, "step": head["state"]["step"],
+    meta = {**vocab, **SPECIAL, "step": head["state"]["step"],
             "weights": f"average of {', '.join(p.name for p in chosen)}", "mtcli": __version__,
             "parameters": sum(p.numel() for p in model.parameters()),
             "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}  # fmt: skip

@@ -16,10 +16,10 @@ from mtcli.errors import MtcliError
 
 def _batches(cfg, manifest: dict, n: int):
     from mtcli.batching import collate, token_batches
-    from mtcli.dataset import load_pair
+    from mtcli.dataset import SPECIAL, load_pair
 
     src, tgt = load_pair(cfg.run_path / "data", "train", manifest["dtype"])
-    ids = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+    ids = SPECIAL
     order = token_batches(src.lengths, tgt.lengths, cfg.train.max_tokens, cfg.train.seed, 1)
     return [collate(src, tgt, idx, ids) for idx in order[:n]]
 

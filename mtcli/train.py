@@ -27,7 +27,7 @@ from mtcli.checkpoint import (
     shape_mismatch,
     step_checkpoints,
 )
-from mtcli.dataset import load_pair
+from mtcli.dataset import SPECIAL, load_pair
 from mtcli.distributed import Dist
 from mtcli.errors import MtcliError, RunFailure
 from mtcli.gradnorms import sublayer_grad_norms
@@ -45,7 +45,7 @@ class Trainer:
         self.data_dir = self.run / "data"
         self.ckpt_dir = self.run / "checkpoints"
         vocab = manifest["vocab"]
-        self.ids = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+        self.ids = dict(SPECIAL)
         self.vocab = {"src_vocab": vocab["src_size"], "tgt_vocab": vocab["tgt_size"], "joint": vocab["joint"]}
         self.train_src, self.train_tgt = load_pair(self.data_dir, "train", manifest["dtype"])
         self.valid = load_pair(self.data_dir, "valid", manifest["dtype"]) if "valid" in manifest["splits"] else None
