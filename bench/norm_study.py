@@ -44,8 +44,8 @@ def train(name: str, minutes: float, sets: list[str]) -> dict:
     """Train one run from scratch under a time budget; return its final metrics."""
     run = REPO / "runs" / "norms" / name
     cmd = MTCLI + ["train", str(BASE), "--restart", "--set", f"run_dir={run}", "--set", f"train.max_time={minutes}m",
-                   "--set", "train.eval_every=400", "--set", "train.save_every=100000", "--set", "train.log_every=25",
-                   "--set", "train.eval_max_sentences=500", "--set", "train.average_last=1",
+                   "--set", "train.eval_every=100", "--set", "train.save_every=100000", "--set", "train.log_every=25",
+                   "--set", "train.eval_max_sentences=300", "--set", "train.average_last=1",
                    "--set", f"train.threads={THREADS}", "--set", f"train.max_tokens={MAX_TOKENS}"]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]
@@ -86,7 +86,10 @@ def exp_gradients(args) -> None:
 
 
 def exp_warmup(args) -> None:
-    jobs = [(f"warmup-{norm}-w{warmup}", [f"model.norm={norm}", f"train.warmup_steps={warmup}", f"train.lr={args.lr}"])
+    # A constant learning rate after warmup, so that "no warmup" differs from "warmup" only in the
+    # first steps (inverse-sqrt decay from step 1 would also lower every later learning rate).
+    jobs = [(f"warmup-{norm}-w{warmup}", [f"model.norm={norm}", f"train.warmup_steps={warmup}", f"train.lr={args.lr}",
+                                          "train.schedule=constant"])
             for norm in ("post", "pre", "deepnorm") for warmup in (args.warmup, 0)]  # fmt: skip
     train_all(jobs, args.minutes, "warmup")
 
@@ -129,10 +132,10 @@ def report(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["gradients", "warmup", "depth", "rmsnorm", "report"])
-    parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock training budget per run")
+    parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget per run")
     parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
-    parser.add_argument("--warmup", type=int, default=300, help="warmup steps of the runs that warm up")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=200, help="warmup steps of the runs that warm up")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     args = parser.parse_args()
     {"gradients": exp_gradients, "warmup": exp_warmup, "depth": exp_depth, "rmsnorm": exp_rmsnorm,
      "report": report}[args.experiment](args)  # fmt: skip

@@ -67,6 +67,34 @@ def stable_hash(text: str, seed: int | None = None) -> int:
     return int.from_bytes(digest, "little")
 
 
+# Closing sentence punctuation, with the space French puts before "?" and "!".
+_CLOSING = re.compile(r"\s*[.!?\u2026\u3002\uff01\uff1f]+$")
+
+
+def strip_closing(text: str) -> str:
+    """`text` without its closing sentence punctuation ("Où est la gare ?" -> "Où est la gare")."""
+    return _CLOSING.sub("", text)
+
+
+def unpunctuated_copies(
+    src: list[str], tgt: list[str], fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Copies of a seeded `fraction` of the pairs whose two sides end in sentence punctuation,
+    with that punctuation removed from both sides.
+
+    The choice depends only on the pair and the seed (not on order or chunking)."""
+    threshold = int(fraction * 2**64)
+    out_src, out_tgt = [], []
+    for s, t in zip(src, tgt):
+        bare_s, bare_t = strip_closing(s), strip_closing(t)
+        if bare_s == s or bare_t == t or not bare_s or not bare_t:
+            continue
+        if stable_hash(f"{s}\t{t}", seed) < threshold:
+            out_src.append(bare_s)
+            out_tgt.append(bare_t)
+    return out_src, out_tgt
+
+
 def pair_hash(src: str, tgt: str) -> int:
     """Hash of a cleaned pair (cleaned text holds no tab, so the join is unambiguous)."""
     return stable_hash(src + "\t" + tgt)

@@ -108,6 +108,9 @@ class DataConfig(Strict):
     max_train_pairs: int | None = Field(None, ge=1)
     split_seed: int = 1
     filters: FilterConfig = FilterConfig()
+    # Fraction of train pairs whose two sides end in sentence punctuation that are also added with
+    # it removed, so that unpunctuated input ("I love you") is in distribution (0 = off).
+    strip_punct: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TokenizerConfig(Strict):

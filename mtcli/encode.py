@@ -7,6 +7,7 @@ SentencePiece call, so memory stays flat whatever the corpus size.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ class Binarizer:
         }
         self.lengths = {s: (LengthStats(), LengthStats()) for s in splits}
         self.filters = {s: Counter() for s in splits}
+        self.augmented = 0  # train pairs added by data augmentation (before the token filters)
         self.start_rss_mb = self.peak_rss_mb = rss_mb()
 
     def add(self, split: str, src: list[str], tgt: list[str], src_ids: list, tgt_ids: list) -> None:
@@ -88,8 +90,15 @@ def _chunks(f, size: int):
         yield lines
 
 
-def encode_file(path: Path, codes, models: dict, out: Binarizer, progress) -> None:
-    """Encode a work file (`src<TAB>tgt` lines); `codes` is a per-line split code array or one code."""
+Augment = Callable[[list[str], list[str]], tuple[list[str], list[str]]]
+
+
+def encode_file(
+    path: Path, codes, models: dict, out: Binarizer, progress, augment: Augment | None = None
+) -> None:
+    """Encode a work file (`src<TAB>tgt` lines); `codes` is a per-line split code array or one code.
+
+    `augment` maps a chunk of train pairs to extra train pairs (see `data.strip_punct`)."""
     encode_src, encode_tgt = encoder(models["src"]), encoder(models["tgt"])
     names = {code: split for split, code in SPLIT_CODES.items()}
     per_line = isinstance(codes, np.ndarray)
@@ -109,6 +118,10 @@ def encode_file(path: Path, codes, models: dict, out: Binarizer, progress) -> No
                 rows = [lines[i] for i in np.flatnonzero(chunk_codes == code)]
                 src, tgt = zip(*(line.rstrip("\n").split("\t") for line in rows))
                 src, tgt = list(src), list(tgt)
+                if augment is not None and names[code] == "train":
+                    extra_src, extra_tgt = augment(src, tgt)
+                    out.augmented += len(extra_src)
+                    src, tgt = src + extra_src, tgt + extra_tgt
                 out.add(names[code], src, tgt, encode_src(src), encode_tgt(tgt))
                 progress.advance(task, len(rows))
     if not per_line:

@@ -22,6 +22,7 @@ import time
 from array import array
 from collections import Counter
 from datetime import datetime, timezone
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from itertools import islice
 from pathlib import Path
@@ -41,6 +42,7 @@ from mtcli.clean import (
     pair_hash,
     pair_reason,
     stable_hash,
+    unpunctuated_copies,
 )
 from mtcli.config import Config
 from mtcli.dataset import ids_dtype
@@ -106,7 +108,12 @@ def build(cfg, out: Path, records: list[dict], fp: str, console: Console) -> dic
         dtype = ids_dtype(max(sizes.values()))
         splits = present_splits(cfg)
         binarizer = Binarizer(out, splits, dtype, data.filters)
-        encode_file(work / "train.tsv", scans["train"]["codes"], models, binarizer, progress)
+        augment = None
+        if data.strip_punct > 0:
+            augment = partial(unpunctuated_copies, fraction=data.strip_punct, seed=data.split_seed)
+        encode_file(
+            work / "train.tsv", scans["train"]["codes"], models, binarizer, progress, augment
+        )
         for split in ("valid", "test"):
             if split in scans:
                 encode_file(work / f"{split}.tsv", SPLIT_CODES[split], models, binarizer, progress)
@@ -288,7 +295,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def counts_sequence(split: str, cfg, scans: dict, filters: dict, results: dict) -> dict:
+def counts_sequence(
+    split: str, cfg, scans: dict, filters: dict, results: dict, augmented: int = 0
+) -> dict:
     """Pairs remaining after each step, in order: {"read": n, "empty": n, ...}."""
     scan = scans.get(split)
     if scan is None:  # carved out of train: already filtered there
@@ -300,6 +309,9 @@ def counts_sequence(split: str, cfg, scans: dict, filters: dict, results: dict) 
             for carved_split, n in scan["carved"].items():
                 left -= n
                 steps[f"carve_{carved_split}"] = left
+            if split == "train" and augmented:  # added before the token filters
+                left += augmented
+                steps["strip_punct"] = left
         left -= filters[split][reason]
         steps[reason] = left
     return steps
@@ -335,9 +347,11 @@ def make_manifest(cfg, fp, records, scans, binarizer, results, sizes, dtype, tim
             "models": ["spm.model"] if tok.joint else ["spm.src.model", "spm.tgt.model"],
         },
         "splits": splits,
+        "augmented": {"strip_punct": binarizer.augmented},
         "filters": filters,
         "counts": {
-            split: counts_sequence(split, cfg, scans, filters, results) for split in results
+            split: counts_sequence(split, cfg, scans, filters, results, binarizer.augmented)
+            for split in results
         },
         "inputs": inputs,
         "config": {"data": data.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json")},

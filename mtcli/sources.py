@@ -9,23 +9,42 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from glob import glob
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mtcli.config import HfDiskSource, HfSource, JsonlSource, PairSource, TsvSource
+from mtcli.config import (
+    DEFAULT_DATA_ROOT,
+    HfDiskSource,
+    HfSource,
+    JsonlSource,
+    PairSource,
+    TsvSource,
+)
 from mtcli.errors import MtcliError
 
 Pair = tuple[str, str]
+
+
+def missing_file(path: str) -> MtcliError:
+    """The error for a missing corpus file; under the corpus root it says where to get corpora."""
+    root = Path(os.environ.get("MTCLI_DATA", DEFAULT_DATA_ROOT)).absolute()
+    if Path(path).absolute().is_relative_to(root):
+        return MtcliError(
+            f"{path}: file not found; the shipped configs read corpora from $MTCLI_DATA "
+            f"(now {root}): see data/README.md for where to get them"
+        )
+    return MtcliError(f"{path}: file not found")
 
 
 def open_binary(path: str) -> BinaryIO:
     """Open a plain or gzip'd file for reading bytes; a missing file is a user error."""
     p = Path(path)
     if not p.is_file():
-        raise MtcliError(f"{path}: file not found")
+        raise missing_file(path)
     with open(p, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     return gzip.open(p, "rb") if gz else open(p, "rb")
@@ -251,7 +270,7 @@ def local_files(source) -> list[str]:
         return _hf_local_files(source)
     for path in paths:
         if not Path(path).is_file():
-            raise MtcliError(f"{path}: file not found")
+            raise missing_file(path)
     return paths
 
 

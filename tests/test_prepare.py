@@ -20,7 +20,7 @@ from prepare_helpers import (
 )
 
 from mtcli import prepare as prepare_module
-from mtcli.clean import clean_text
+from mtcli.clean import clean_text, unpunctuated_copies
 from mtcli.config import load_config
 from mtcli.dataset import SPECIAL, load_pair
 from mtcli.prepare import run_prepare
@@ -66,8 +66,9 @@ def check_outputs(cfg, manifest: dict) -> None:
     )
     for split, stats in manifest["splits"].items():
         dropped = sum(manifest["filters"][split].values())
-        if stats["source"] == split:  # read = kept + dropped (+ carved out, for train)
-            assert stats["read"] == stats["pairs"] + dropped + (carved if split == "train" else 0)
+        if stats["source"] == split:  # read = kept + dropped (+ carved out - added, for train)
+            extra = carved - manifest["augmented"]["strip_punct"] if split == "train" else 0
+            assert stats["read"] == stats["pairs"] + dropped + extra
 
 
 # ----------------------------------------------------------------------------- source types
@@ -427,3 +428,43 @@ def test_cli_prepare_prints_summary_and_up_to_date(tmp_path, data_dir):
     assert again.returncode == 0 and "up to date" in again.stderr
     forced = run_cli(tmp_path, raw, "--force", "--set", "tokenizer.vocab_size=220")
     assert forced.returncode == 0 and "vocabulary: joint unigram 220" in forced.stderr
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_unpunctuated_copies_strip_both_sides_and_depend_only_on_the_pair():
+    src = ["I love you.", "Where is the station?", "Hello", "Stop!", "Run."]
+    tgt = ["Je t'aime.", "Où est la gare ?", "Bonjour.", "Arrête !", "Cours"]
+    all_src, all_tgt = unpunctuated_copies(src, tgt, fraction=1.0, seed=1)
+    # "Hello" and "Run." lack punctuation on one side, so they get no copy.
+    assert list(zip(all_src, all_tgt)) == [
+        ("I love you", "Je t'aime"), ("Where is the station", "Où est la gare"), ("Stop", "Arrête"),
+    ]  # fmt: skip
+    assert unpunctuated_copies(src, tgt, fraction=0.0, seed=1) == ([], [])
+    # A fraction picks the same pairs whatever the order and chunking.
+    many = [(f"Sentence number {i}.", f"Phrase numéro {i}.") for i in range(2000)]
+    half = set(zip(*unpunctuated_copies(*zip(*many), fraction=0.3, seed=7)))
+    rev = set(zip(*unpunctuated_copies(*zip(*many[::-1]), fraction=0.3, seed=7)))
+    assert half == rev and 450 < len(half) < 750
+    assert half != set(zip(*unpunctuated_copies(*zip(*many), fraction=0.3, seed=8)))
+
+
+def test_strip_punct_adds_unpunctuated_train_pairs(tmp_path, data_dir):
+    data = {"tgt_lang": "fr", "train": tatoeba_tsv(data_dir, tmp_path, 3000), "valid_size": 100,
+            "test_size": 100}  # fmt: skip
+    plain = run_prepare(make_config(tmp_path, data, name="plain"))
+    cfg = make_config(tmp_path, {**data, "strip_punct": 0.5}, name="aug")
+    manifest = run_prepare(cfg)
+    check_outputs(cfg, manifest)
+    added = manifest["augmented"]["strip_punct"]
+    assert plain["augmented"]["strip_punct"] == 0 and added > 500
+    assert manifest["counts"]["train"]["strip_punct"] == manifest["counts"]["train"]["carve_test"] + added
+    train_pairs = manifest["splits"]["train"]["pairs"]
+    assert plain["splits"]["train"]["pairs"] < train_pairs <= plain["splits"]["train"]["pairs"] + added
+    # Valid and test keep their punctuation; the added train sources really lack it.
+    assert manifest["splits"]["valid"]["pairs"] == plain["splits"]["valid"]["pairs"]
+    tok = Tokenizer(cfg.run_path / "data")
+    src, _ = load_pair(cfg.run_path / "data", "train", manifest["dtype"])
+    last = [tok.src.decode(src[i].tolist()) for i in range(len(src) - 50, len(src))]
+    assert sum(not s.endswith((".", "?", "!")) for s in last) >= 40

@@ -165,3 +165,21 @@ def test_split_writer_batches_round_trip(tmp_path):
     assert writer.close() == 5 and writer.tokens == 7
     split = Split(tmp_path / "s", "uint16")
     assert [split[i].tolist() for i in range(len(split))] == [[5, 6, 7], [8], [], [9, 10], [11]]
+
+
+def test_missing_shipped_corpus_says_where_to_get_it(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from prepare_helpers import REPO
+
+    env = {"MTCLI_DATA": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtcli", "prepare", "configs/demo.yaml", "--set", f"run_dir={tmp_path}/r"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "eng-fra.tsv.gz: file not found" in lines[0]
+    assert "data/README.md" in lines[0] and str(tmp_path / "nowhere") in lines[0]
+    assert not (tmp_path / "r").exists()
