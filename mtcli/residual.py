@@ -21,6 +21,30 @@ from torch import nn
 PLACEMENTS = ("post", "pre", "deepnorm", "none")
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """y = x * rsqrt(mean(x^2) + eps) * w with a hand-written backward.
+
+    torch has no fused RMSNorm kernel on CPU; autograd through the composed ops records ~10 of
+    them and took 2-3x longer (forward + backward) than this on this project's 2-core CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        x_hat = x * rms
+        ctx.save_for_backward(x_hat, rms, weight)
+        return x_hat * weight
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x_hat, rms, weight = ctx.saved_tensors
+        g = grad * weight
+        # d/dx of x*r: r * (g - x_hat * mean(g * x_hat)), since dr/dx = -r^3 x / D.
+        grad_x = (g - x_hat * (g * x_hat).mean(-1, keepdim=True)).mul_(rms)
+        grad_w = (grad * x_hat).reshape(-1, x_hat.size(-1)).sum(0)
+        return grad_x, grad_w, None
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019): rescale only, no centring, no bias."""
 
@@ -30,9 +54,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Accumulate in float32: the mean of squares overflows/underflows easily in half precision.
-        rms = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x.float() * rms).to(x.dtype) * self.weight
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # Accumulate in float32: the mean of squares overflows/underflows in half precision.
+            return _RMSNormFunction.apply(x.float(), self.weight.float(), self.eps).to(x.dtype)
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 def make_norm(norm_type: str, d_model: int, eps: float) -> nn.Module:

@@ -198,3 +198,18 @@ def test_no_residual_ablation_changes_output():
     src, tgt = torch.randint(3, 23, (1, 5)), torch.randint(3, 23, (1, 4))
     with torch.no_grad():
         assert not torch.allclose(with_res(src, tgt), without(src, tgt))
+
+
+def test_rmsnorm_matches_its_definition_and_gradients():
+    from mtcli.residual import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-5).double()
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(norm, (x,))
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    # Half precision goes through float32 and comes back in its own dtype.
+    half = RMSNorm(16)(torch.randn(2, 16).bfloat16())
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half.float()).all()
