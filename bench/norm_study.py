@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mtcli.plot import plot_rows, read_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "norms"
 FIGURES = REPO / "docs" / "figures"
@@ -51,7 +53,7 @@ def train(name: str, minutes: float, sets: list[str]) -> dict:
         cmd += ["--set", s]
     began = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(run)
     train_rows = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "valid_loss" in r]
     return {
@@ -63,6 +65,7 @@ def train(name: str, minutes: float, sets: list[str]) -> dict:
         "tokens_per_s": _median([r["tokens_per_s"] for r in train_rows[1:]]),
         "diverged": proc.returncode != 0 and "not finite" in proc.stderr,
         "stderr_tail": proc.stderr[-400:], "run_dir": str(run.relative_to(REPO)),
+        "curve": rows,  # every metrics.jsonl row: the figures are drawn from this JSON alone
     }  # fmt: skip
 
 
@@ -110,7 +113,7 @@ def exp_rmsnorm(args) -> None:
 
 
 def report(args) -> None:
-    """Draw figures from the JSON results and the runs' metrics."""
+    """Draw figures and print tables from the JSON results."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,13 +123,31 @@ def report(args) -> None:
         from mtcli.study import plot_gradients
 
         plot_gradients(json.loads(grads.read_text()), FIGURES / "norm-gradients.png")
-    for name in ("warmup", "depth12", "rmsnorm"):
+    for name in ("warmup", f"depth{args.layers}", "rmsnorm"):
         path = RESULTS / f"{name}.json"
-        if path.exists():
-            from mtcli.plot import run_plot
+        if not path.exists():
+            continue
+        runs = json.loads(path.read_text())
+        if any("curve" not in r for r in runs):  # results recorded before curves were kept
+            for r in runs:
+                r.setdefault("curve", read_metrics(REPO / r["run_dir"]))
+            path.write_text(json.dumps(runs, indent=2))
+        plot_rows([(r["name"], r["curve"]) for r in runs], FIGURES / f"norm-{name}.png")
+        print(f"\n{name}\n\n" + table(runs))
 
-            runs = json.loads(path.read_text())
-            run_plot([REPO / r["run_dir"] for r in runs], FIGURES / f"norm-{name}.png", [r["name"] for r in runs])
+
+def table(runs: list[dict]) -> str:
+    """A markdown table of an experiment's runs."""
+    lines = ["| run | steps | final train loss | last valid loss | best valid BLEU | tokens/s | exit |",
+             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in runs:
+        last_eval = [row for row in r["curve"] if "valid_loss" in row]
+        valid_loss = f"{last_eval[-1]['valid_loss']:.3f}" if last_eval else "-"
+        loss = f"{r['final_loss']:.3f}" if r["final_loss"] is not None else "-"
+        exit_note = "diverged" if r["diverged"] else r["exit"]
+        lines.append(f"| {r['name']} | {r['steps']} | {loss} | {valid_loss} | {r['best_valid_bleu']} "
+                     f"| {r['tokens_per_s'] or 0:.0f} | {exit_note} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -35,8 +35,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def run_plot(run_dirs: list[Path], output: Path, labels: list[str] | None = None) -> Path:
     """Draw the PANELS for every run into one PNG."""
-    plt = require_matplotlib()
     runs = [(labels[i] if labels and i < len(labels) else Path(d).name, read_metrics(d)) for i, d in enumerate(run_dirs)]
+    return plot_rows(runs, output)
+
+
+def plot_rows(runs: list[tuple[str, list[dict]]], output: Path) -> Path:
+    """Draw the PANELS for (label, metrics rows) pairs into one PNG."""
+    plt = require_matplotlib()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for ax, (key, x, title) in zip(axes.flat, PANELS):
         for label, rows in runs:
