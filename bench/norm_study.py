@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("experiment", choices=["gradients", "warmup", "depth", "rmsnorm", "report"])
     parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget per run")
     parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
-    parser.add_argument("--warmup", type=int, default=200, help="warmup steps of the runs that warm up")
+    parser.add_argument("--warmup", type=int, default=60, help="warmup steps of the runs that warm up")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     args = parser.parse_args()
     {"gradients": exp_gradients, "warmup": exp_warmup, "depth": exp_depth, "rmsnorm": exp_rmsnorm,
