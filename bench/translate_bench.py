@@ -9,13 +9,16 @@ of 32 sentences in input order, 2 threads, and every hypothesis forced to exactl
 steps (minimum = maximum length), so every system runs the same number of decoder steps over the
 same number of beams:
 
-- mtcli: `beam_search` with min_len = max_len = 29 tokens, i.e. 29 tokens + the forced EOS.
+- mtcli: `beam_search` with min_len = max_len = 29 tokens, i.e. 29 tokens + the forced EOS, on
+  the model `mtcli translate` uses on CPU (`mtcli.fastlinear.pack_linears`: linears on pre-packed
+  oneDNN weights); "mtcli no fast path" is the same search on plain `nn.Linear`s.
 - HF: `MarianMTModel.generate` with min_new_tokens = max_new_tokens = 30 (30 tokens, no EOS).
 - CTranslate2 fp32 / int8, converted from that Marian model, in a child process that never
   imports torch (min_decoding_length = max_decoding_length = 30).
 - mtcli's best: its own `Translator` (length-sorted token-budget batches) under the same forced
   length: one pass per budget in --budgets, then 3 at the fastest; and "mtcli int8"
   (`mtcli.quantize`, fixed batches and the best budget).
+- --skip nofast leaves out the "no fast path" row (and its token-budget twin).
 
 Each system: one warm-up batch, then 3 timed passes over the 1,000 sentences; the median
 sentences/s is reported, with every repeat, in bench/results/translate_speed.json. The machine
@@ -240,6 +243,15 @@ def mtcli_model():
     ).eval()  # fmt: skip
 
 
+def fast_model(model):
+    """The model as `mtcli translate` runs it on CPU in float32 (pre-packed linears when available)."""
+    from mtcli.fastlinear import pack_linears, packed_count
+
+    fast = pack_linears(model)
+    print(f"mtcli fast path: {packed_count(fast)} linears pre-packed", flush=True)
+    return fast
+
+
 def hf_model():
     import torch
     from transformers import MarianConfig, MarianMTModel
@@ -269,7 +281,7 @@ def forced_params(**kw):
 # ----------------------------------------------------------------------------- the systems
 
 
-def bench_mtcli(model, batches, n: int) -> dict:
+def bench_mtcli(model, batches, n: int, name: str = "mtcli") -> dict:
     from mtcli.search import beam_search
 
     params = forced_params()
@@ -282,7 +294,7 @@ def bench_mtcli(model, batches, n: int) -> dict:
 
     beam_search(model, batches[0], params)  # warm-up
     result = median_run(one_pass, n)
-    result["steps"] = check_steps("mtcli", steps)
+    result["steps"] = check_steps(name, steps)
     return result
 
 
@@ -336,6 +348,7 @@ def profile_mtcli(model, batches) -> None:
     from mtcli.search import beam_search
 
     params = forced_params()
+    model = fast_model(model)
     beam_search(model, batches[0], params)
     prof = cProfile.Profile()
     prof.enable()
@@ -351,15 +364,22 @@ def profile_mtcli(model, batches) -> None:
 def bench_real(model_path: Path, lines: list[str], with_int8: bool = True) -> dict:
     """Sentences/s of a trained bundle at beam 5 with its own decode settings and real lengths.
 
-    Batches of 64 sentences in input order, and its own token-budget batching (decode.max_tokens);
-    with `mtcli.quantize` also the int8 model under token-budget batching and how many of its
-    translations are identical to the float32 ones.
+    Batches of 64 sentences in input order, and its own token-budget batching (decode.max_tokens),
+    both as `mtcli translate` loads the model (CPU fast path), and token budgets without the fast
+    path; with `mtcli.quantize` also the int8 model (`--int8`) under token-budget batching and how
+    many of its translations are identical to the float32 ones.
     """
     from mtcli.batching import pad_batch
+    from mtcli.fastlinear import ENV
     from mtcli.search import beam_search
-    from mtcli.translate import Translator, load_translator
+    from mtcli.translate import load_translator
 
     tr = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.int8=false"])
+    os.environ[ENV] = "0"
+    try:
+        plain = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.int8=false"])
+    finally:
+        del os.environ[ENV]
     ids = tr._encode([" ".join(line.split()) for line in lines], 1)
     pad, eos = tr.params.pad_id, tr.params.eos_id
     batches = [pad_batch(ids[i : i + 64], pad, suffix=eos) for i in range(0, len(ids), 64)]
@@ -382,13 +402,15 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True) -> di
     beam_search(tr.model, batches[0], tr.params)  # warm-up
     result["batch64"] = median_run(batch64, len(lines))
     result["budget"] = budget(tr, "fp32")
+    result["budget_no_fast_path"] = budget(plain, "fp32 no fast path")
+    same = sum(a == b for a, b in zip(texts["fp32"], texts["fp32 no fast path"]))
+    result["fast_path_identical_translations"] = f"{same}/{len(lines)}"
     if with_int8:
         try:
-            from mtcli.quantize import quantize_for_inference
+            q = load_translator(model_path, beam=BEAM, device="cpu", int8=True)
         except ImportError:
-            quantize_for_inference = None
-        if quantize_for_inference is not None:
-            q = Translator(quantize_for_inference(tr.model), tr.tok, tr.params, tr.max_tokens, "cpu")
+            q = None
+        if q is not None:
             result["int8_budget"] = budget(q, "int8")
             same = sum(a == b for a, b in zip(texts["fp32"], texts["int8"]))
             result["int8_identical_translations"] = f"{same}/{len(lines)}"
@@ -403,6 +425,8 @@ def real_part(model_path: Path, lines: list[str], with_int8: bool) -> dict:
     print(f"\nreal throughput ({model_path}, beam {BEAM}, mean output {real['mean_output_tokens']:.1f} tokens):")
     print(f"  batches of 64             {real['batch64']['median']:7.1f} sent/s")
     print(f"  token budget {real['max_tokens']:<6}       {real['budget']['median']:7.1f} sent/s")
+    print(f"  same, no fast path        {real['budget_no_fast_path']['median']:7.1f} sent/s "
+          f"(identical translations {real['fast_path_identical_translations']})")  # fmt: skip
     if "int8_budget" in real:
         print(f"  int8, token budget {real['max_tokens']:<6} {real['int8_budget']['median']:7.1f} sent/s "
               f"(identical translations {real['int8_identical_translations']})")  # fmt: skip
@@ -469,12 +493,16 @@ def main(argv: list[str] | None = None) -> None:
 
     def log(name):
         r = systems[name]
-        print(f"{name:<28} {r['median']:7.1f} sent/s  repeats {[round(x, 1) for x in r['repeats']]}  "
+        print(f"{name:<36} {r['median']:7.1f} sent/s  repeats {[round(x, 1) for x in r['repeats']]}  "
               f"other jobs {r['other_cores']} cores, {len(r['set_aside'])} set aside, "
               f"waited {r['waited_s']} s", flush=True)  # fmt: skip
 
-    systems["mtcli"] = bench_mtcli(model, batches, n)
+    fast = fast_model(model)
+    systems["mtcli"] = bench_mtcli(fast, batches, n)
     log("mtcli")
+    if "nofast" not in skip:
+        systems["mtcli no fast path"] = bench_mtcli(model, batches, n, "mtcli no fast path")
+        log("mtcli no fast path")
     quantized = None
     if "int8" not in skip:
         try:
@@ -510,31 +538,33 @@ def main(argv: list[str] | None = None) -> None:
         # One pass per budget to find mtcli's best, then the usual repeats at that budget.
         sp_dir = REPO / RUN_DIR / "data"
         for budget in map(int, args.budgets.split(",")):
-            budget_scan[budget] = bench_mtcli_budget(model, sp_dir, lines, budget, repeats=1)
+            budget_scan[budget] = bench_mtcli_budget(fast, sp_dir, lines, budget, repeats=1)
             print(f"  scan: budget {budget:<6} {budget_scan[budget]['median']:7.1f} sent/s "
                   f"({budget_scan[budget]['batches']} batches)", flush=True)  # fmt: skip
         best = max(budget_scan, key=lambda b: budget_scan[b]["median"])
-        systems[f"mtcli budget {best}"] = bench_mtcli_budget(model, sp_dir, lines, best)
+        systems[f"mtcli budget {best}"] = bench_mtcli_budget(fast, sp_dir, lines, best)
         log(f"mtcli budget {best}")
+        if "nofast" not in skip:
+            systems[f"mtcli no fast path budget {best}"] = bench_mtcli_budget(model, sp_dir, lines, best)
+            log(f"mtcli no fast path budget {best}")
         if quantized is not None:
             systems[f"mtcli int8 budget {best}"] = bench_mtcli_budget(quantized, sp_dir, lines, best)
             log(f"mtcli int8 budget {best}")
 
-    own = {k: v["median"] for k, v in systems.items() if k.startswith("mtcli budget")}
+    own = {k: v["median"] for k, v in systems.items() if k.startswith("mtcli budget")}  # fast path
     best_own = max(own, key=own.get) if own else None
     ratios = {}
     for peer in ("hf generate", "ct2 fp32", "ct2 int8"):
         if peer in systems:
-            for mine in ("mtcli", "mtcli int8", best_own, best_own and best_own.replace("mtcli", "mtcli int8")):
-                if mine in systems:
-                    ratios[f"{mine} / {peer}"] = systems[mine]["median"] / systems[peer]["median"]
+            for mine in (m for m in systems if m.startswith("mtcli")):
+                ratios[f"{mine} / {peer}"] = systems[mine]["median"] / systems[peer]["median"]
 
-    print(f"\n{'system':<28} {'sent/s':>8}  {'vs HF':>6}  {'vs CT2 fp32':>11}  {'vs CT2 int8':>11}")
+    print(f"\n{'system':<36} {'sent/s':>8}  {'vs HF':>6}  {'vs CT2 fp32':>11}  {'vs CT2 int8':>11}")
     for name, r in systems.items():
         cells = []
         for peer in ("hf generate", "ct2 fp32", "ct2 int8"):
             cells.append(f"{r['median'] / systems[peer]['median']:.2f}x" if peer in systems else "-")
-        print(f"{name:<28} {r['median']:8.1f}  {cells[0]:>6}  {cells[1]:>11}  {cells[2]:>11}")
+        print(f"{name:<36} {r['median']:8.1f}  {cells[0]:>6}  {cells[1]:>11}  {cells[2]:>11}")
 
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,7 +1,8 @@
 """Batched beam search (and sampling) over the model's `encode`/`decode` with the per-layer cache.
 
 Every sentence of a batch keeps `beam_size` live hypotheses. Each step decodes only the newest
-token (earlier keys/values come from the cache), takes the 2K best continuations per sentence,
+token (earlier keys/values come from the cache; step 0, where all K beams are still BOS, decodes
+one row per sentence and then copies it K times), takes the 2K best continuations per sentence,
 sets aside those that end in EOS among the top K, and keeps the K best that do not. A sentence is
 done when it has K finished hypotheses or reaches its maximum length; done sentences leave the
 batch so later steps only pay for the live ones. Beam size 1 is exactly greedy search.
@@ -56,10 +57,19 @@ def max_lengths(src: torch.Tensor, p: SearchParams, limit: int) -> torch.Tensor:
     return (p.max_len_a * src_len + p.max_len_b).long().clamp(min=1, max=limit)
 
 
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last dim; on CPU in place, overwriting `logits` (a fresh step output)."""
+    if logits.device.type == "cpu" and logits.is_contiguous():
+        # Same kernel and bits as torch.log_softmax; it reads a row before writing it, so writing
+        # over the input is safe and saves one (rows, vocab) tensor and its page faults per step.
+        return torch._log_softmax(logits, -1, False, out=logits)
+    return torch.log_softmax(logits, dim=-1)
+
+
 def _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p) -> torch.Tensor:
     """(N, V) log-probabilities of the next token, with min/max length and PAD/BOS rules applied."""
     logits = model.decode(tokens[:, -1:], memory, pad_mask, cache)[:, -1].float()
-    lprobs = torch.log_softmax(logits, dim=-1)
+    lprobs = _log_softmax(logits)
     lprobs[:, p.pad_id] = NEG_INF
     lprobs[:, p.bos_id] = NEG_INF
     if step < p.min_len:
@@ -79,10 +89,9 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
         return sample(model, src, p)
     k, n = p.beam_size, src.size(0)
     device = src.device
-    memory, pad_mask = model.encode(src)  # (B, S, D)
+    memory, pad_mask = model.encode(src)  # (B, S, D): one row per sentence until step 0 is done
     limit = model.max_positions - 1
     max_len = max_lengths(src, p, limit).repeat_interleave(k)  # (B*K,)
-    memory, pad_mask = memory.repeat_interleave(k, 0), pad_mask.repeat_interleave(k, 0)
     tokens = torch.full((n * k, 1), p.bos_id, dtype=torch.long, device=device)
     scores = torch.full((n, k), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first is live at step 0
@@ -90,11 +99,12 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
     alive = list(range(n))  # original sentence index of each row group
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     for step in range(int(max_len.max()) + 1):
-        lprobs = _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p)
-        vocab = lprobs.size(-1)
-        cand = (scores.view(-1, 1) + lprobs).view(len(alive), k * vocab)
-        top_scores, top_idx = cand.topk(min(2 * k, cand.size(1)), dim=1)  # (n, 2K)
-        top_beam, top_tok = top_idx // vocab, top_idx % vocab
+        if step == 0:  # all K beams are still the same BOS: decode one row per sentence
+            lprobs = _step_logprobs(model, tokens[::k], memory, pad_mask, cache, 0, max_len[::k], p)
+            lprobs = lprobs.repeat_interleave(k, 0)
+        else:
+            lprobs = _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p)
+        top_scores, top_beam, top_tok = _top_candidates(lprobs, scores, 2 * k)  # (n, 2K) each
         is_eos = top_tok.eq(p.eos_id) & torch.isfinite(top_scores)
         _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, step, p)
         # Live continuations: the K best candidates that do not end here.
@@ -102,7 +112,11 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
         rows = (torch.arange(len(alive), device=device)[:, None] * k + top_beam.gather(1, pos)).view(-1)
         tokens = torch.cat([tokens[rows], top_tok.gather(1, pos).view(-1, 1)], dim=1)
         scores = live_scores
-        model.reorder_cache(cache, rows, cross=False)
+        if step == 0:  # one row per sentence becomes K: memory and both caches follow
+            memory, pad_mask = memory[rows // k], pad_mask[rows // k]
+            model.reorder_cache(cache, rows // k, cross=True)
+        else:
+            model.reorder_cache(cache, rows, cross=False)
         done = [len(finished[s]) >= k or step >= int(max_len[i * k]) for i, s in enumerate(alive)]
         if all(done):
             break
@@ -114,6 +128,20 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
             memory, pad_mask, max_len = memory[keep_rows], pad_mask[keep_rows], max_len[keep_rows]
             model.reorder_cache(cache, keep_rows, cross=True)
     return [sorted(h, key=lambda x: -x.score)[: p.nbest] for h in finished]
+
+
+def _top_candidates(lprobs: torch.Tensor, scores: torch.Tensor, m: int):
+    """The m best (score + log-prob) continuations of each sentence: scores, beam and token, (n, m).
+
+    A sentence's m best over all K*V continuations are among the m best of each of its beams, so
+    the vocabulary is cut to m per beam before the beam scores are added: the same sums as adding
+    scores to the full (N, V) log-probabilities, without that pass over memory.
+    """
+    n, k = scores.shape
+    row_lp, row_tok = lprobs.topk(min(m, lprobs.size(1)), dim=1)  # (n*K, c)
+    cand = (row_lp + scores.view(-1, 1)).view(n, -1)  # (n, K*c)
+    top_scores, pos = cand.topk(min(m, cand.size(1)), dim=1)
+    return top_scores, pos // row_lp.size(1), row_tok.view(n, -1).gather(1, pos)
 
 
 def _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, step, p) -> None:

@@ -109,11 +109,20 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
         raw = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
         cfg = config_from_dict(raw, "--set")
     params = search_params(cfg.decode, tok, beam, nbest)
-    if cfg.decode.int8 and device == "cpu":
+    if str(device) == "cpu":
+        net = _cpu_fast_path(net, cfg.decode.int8)
+    return Translator(net, tok, params, cfg.decode.max_tokens, device)
+
+
+def _cpu_fast_path(net, int8: bool):
+    """--int8: int8 projections; else float32 linears on pre-packed weights ($MTCLI_FAST_LINEAR=0: off)."""
+    if int8:
         from mtcli.quantize import quantize_for_inference
 
-        net = quantize_for_inference(net)
-    return Translator(net, tok, params, cfg.decode.max_tokens, device)
+        return quantize_for_inference(net)
+    from mtcli.fastlinear import pack_linears
+
+    return pack_linears(net, inplace=True)
 
 
 def translate_lines(lines: list[str], model: Path | None, beam: int | None = None) -> list[str]:

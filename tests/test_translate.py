@@ -125,3 +125,31 @@ def test_int8_translation_keeps_lines_aligned(bundle, tmp_path):
     assert int8.returncode == 0, int8.stderr.decode()
     lines = int8.stdout.decode().splitlines()
     assert len(lines) == 3 and all(lines)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_cpu_fast_path_is_default_and_translates_the_same(bundle, monkeypatch, beam):
+    from mtcli import fastlinear
+    from mtcli.translate import load_translator
+
+    lines = ["A man is walking.", "Two dogs play in the snow.", "", "A girl with a red hat sings a song."]
+    fast = load_translator(bundle, beam=beam, nbest=beam, device="cpu")
+    monkeypatch.setenv(fastlinear.ENV, "0")
+    plain = load_translator(bundle, beam=beam, nbest=beam, device="cpu")
+    assert fastlinear.packed_count(plain.model) == 0
+    if fastlinear.available():
+        assert fastlinear.packed_count(fast.model) > 0
+    got, ref = fast.translate(lines), plain.translate(lines)
+    texts = [[(h["text"], h["tokens"]) for h in hs] for hs in got]
+    assert texts == [[(h["text"], h["tokens"]) for h in hs] for hs in ref]
+    for a, b in zip(got, ref):
+        assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=2e-4)
+
+
+def test_int8_is_not_packed(bundle):
+    from mtcli.fastlinear import packed_count
+    from mtcli.translate import load_translator
+
+    q = load_translator(bundle, device="cpu", int8=True)
+    assert packed_count(q.model) == 0
+    assert any("quantized" in type(m).__module__ for m in q.model.modules())

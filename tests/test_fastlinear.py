@@ -1,0 +1,125 @@
+"""Packed float32 linears for CPU search: same translations as plain nn.Linear, clean fallbacks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mtcli import fastlinear
+from mtcli.fastlinear import PackedLinear, pack_linears, packed_count
+from mtcli.model import Transformer
+from mtcli.search import SearchParams, _log_softmax, beam_search
+
+PAD, BOS, EOS, V = 0, 2, 3, 96
+N_LINEARS = 4 * 6 + 2 * 4 + 1  # 4 per attention (2 enc + 2x2 dec), 2 per FFN x 4 layers, output
+
+needs_onednn = pytest.mark.skipif(not fastlinear.available(), reason="torch without oneDNN packed linears")
+
+
+def model(seed=0, **kw):
+    torch.manual_seed(seed)
+    args = dict(src_vocab=V, tgt_vocab=V, d_model=64, n_heads=4, d_ff=128, encoder_layers=2,
+                decoder_layers=2, dropout=0.0, norm="pre", share_embeddings=True, max_positions=64)
+    args.update(kw)
+    return Transformer(**args).eval()
+
+
+def random_src(n=12, length=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, V, (n, length), generator=g)
+    src[:, -1] = EOS
+    src[2, 5:] = PAD  # padded rows: the encoder's rows differ in length
+    src[2, 4] = EOS
+    return src
+
+
+def params(beam, **kw):
+    return SearchParams(beam_size=beam, nbest=beam, max_len_a=0.0, max_len_b=12, min_len=0,
+                        bos_id=BOS, eos_id=EOS, pad_id=PAD, **kw)  # fmt: skip
+
+
+@needs_onednn
+@pytest.mark.parametrize("tied", [True, False])
+def test_every_linear_packed_and_original_untouched(tied):
+    m = model(tie_output=tied, share_embeddings=tied)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fast = pack_linears(m)
+    assert fast is not m and packed_count(fast) == N_LINEARS
+    assert not any(type(mod) is nn.Linear for mod in fast.modules())
+    assert packed_count(m) == 0 and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    src = random_src()
+    tgt = torch.cat([torch.full((len(src), 1), BOS), src[:, :-1]], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(src, tgt), m(src, tgt), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("beam", [1, 4])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_search_same_tokens_and_scores(beam, seed):
+    m = model(seed)
+    fast = pack_linears(m)
+    src = random_src(seed=seed + 1)
+    ref, got = beam_search(m, src, params(beam)), beam_search(fast, src, params(beam))
+    assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
+    for a, b in zip(got, ref):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], rel=1e-5, abs=1e-5)
+        assert [h.logprob for h in a] == pytest.approx([h.logprob for h in b], rel=1e-5, abs=1e-5)
+
+
+@needs_onednn
+def test_inplace_and_deepcopy():
+    m = model()
+    src = random_src()
+    ref = [h[0].tokens for h in beam_search(m, src, params(3))]
+    packed = pack_linears(copy.deepcopy(m), inplace=True)
+    again = copy.deepcopy(packed)  # repacked from the dense weights
+    assert packed_count(again) == N_LINEARS
+    assert [h[0].tokens for h in beam_search(again, src, params(3))] == ref
+
+
+@pytest.mark.parametrize("why", ["env", "no_ops", "float64", "meta", "pack_fails"])
+def test_fallback_returns_the_model_unchanged(why, monkeypatch):
+    m = model()
+    if why == "env":
+        monkeypatch.setenv(fastlinear.ENV, "0")
+    elif why == "no_ops":
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    elif why == "float64":
+        m = m.double()
+    elif why == "meta":  # stands in for a GPU model: anything not on the CPU is left alone
+        m = m.to("meta")
+    else:
+
+        def refuse(*args, **kw):
+            raise RuntimeError("oneDNN refused")
+
+        monkeypatch.setattr(PackedLinear, "__init__", refuse)
+    assert pack_linears(m) is m and pack_linears(m, inplace=True) is m and packed_count(m) == 0
+    if why in ("env", "no_ops", "pack_fails"):
+        assert beam_search(m, random_src(), params(2))  # still translates
+
+
+def test_log_softmax_in_place_is_bitwise_equal():
+    x = torch.randn(20, 1, V) * 4
+    ref = torch.log_softmax(x[:, -1], dim=-1)
+    logits = x[:, -1].clone()
+    out = _log_softmax(logits)
+    assert out.data_ptr() == logits.data_ptr() and torch.equal(out, ref)
+    strided = torch.randn(V, 20).t()  # not contiguous: a new tensor, the input left alone
+    before = strided.clone()
+    assert torch.equal(_log_softmax(strided), torch.log_softmax(before, dim=-1))
+    assert torch.equal(strided, before)
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_beam_wider_than_vocabulary(beam):
+    m = model(src_vocab=6, tgt_vocab=6)  # 2 real tokens besides PAD, UNK, BOS, EOS
+    src = torch.tensor([[4, 5, 4, EOS], [5, EOS, PAD, PAD]])
+    hyps = beam_search(m, src, params(beam))
+    assert [len(h) for h in hyps] == [beam, beam]
+    for hs in hyps:
+        assert [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
