@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtcli.dropout import Dropout
 from mtcli.layers import DecoderLayer, EncoderLayer
 from mtcli.residual import deepnorm_constants, final_norm
 
@@ -42,7 +43,7 @@ class Embedder(nn.Module):
             nn.init.normal_(self.positions.weight, std=d_model**-0.5)
         else:
             self.register_buffer("table", sinusoidal_table(max_positions, d_model), persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """ids (B, L) -> (B, L, D); `offset` is the position of ids[:, 0] (for cached decoding)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from mtcli.errors import MtcliError
 
@@ -14,14 +13,41 @@ def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, smoothing: fl
     """Summed label-smoothed cross-entropy and summed NLL over non-pad target tokens.
 
     logits (B, T, V), target (B, T). The smoothed loss is what we optimize; the plain NLL gives
-    perplexity.
+    perplexity. Same value as `F.cross_entropy(..., label_smoothing=smoothing, reduction="sum")`.
     """
-    flat_logits = logits.reshape(-1, logits.size(-1)).float()
-    flat_target = target.reshape(-1)
-    loss = F.cross_entropy(flat_logits, flat_target, ignore_index=pad_id, label_smoothing=smoothing, reduction="sum")
-    with torch.no_grad():
-        nll = F.cross_entropy(flat_logits, flat_target, ignore_index=pad_id, reduction="sum")
-    return loss, nll
+    flat_logits = logits.reshape(-1, logits.size(-1))
+    return _SmoothedNLL.apply(flat_logits, target.reshape(-1), smoothing, pad_id)
+
+
+class _SmoothedNLL(torch.autograd.Function):
+    """Label-smoothed cross-entropy from a single log-softmax, with a one-tensor backward."""
+
+    # F.cross_entropy twice (smoothed loss, then NLL) took two log-softmaxes, and its backward built
+    # a dense one-hot gradient, a smoothing gradient and their sum before the softmax backward:
+    # several passes over (tokens x vocabulary), the step's largest tensor. Here backward writes
+    # keep * g * (softmax - eps/V - (1-eps) * onehot) into one new tensor.
+
+    @staticmethod
+    def forward(ctx, logits, target, smoothing: float, pad_id: int):
+        # At least float32 (half-precision logits from autocast), without a copy of float32 logits.
+        lprobs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+        keep = target.ne(pad_id)
+        nll = -(lprobs.gather(1, target[:, None]).squeeze(1) * keep).sum()
+        smooth = -(lprobs.sum(1) * keep).sum()
+        loss = (1.0 - smoothing) * nll + smooth * (smoothing / lprobs.size(1))
+        ctx.save_for_backward(lprobs, target, keep)
+        ctx.smoothing, ctx.dtype = smoothing, logits.dtype
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_nll):
+        lprobs, target, keep = ctx.saved_tensors
+        eps = ctx.smoothing
+        grad = lprobs.exp().sub_(eps / lprobs.size(1))  # not in place: backward may run twice
+        grad.scatter_add_(1, target[:, None], grad.new_full((target.size(0), 1), eps - 1.0))
+        grad.mul_((keep * grad_loss)[:, None])
+        return grad.to(ctx.dtype), None, None, None
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mtcli.dropout import Dropout
+
 PLACEMENTS = ("post", "pre", "deepnorm", "none")
 
 
@@ -94,7 +96,7 @@ class Residual(nn.Module):
         self.alpha = alpha
         self.residual = residual
         self.norm = nn.Identity() if norm == "none" else make_norm(norm_type, d_model, eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]):
         """x: (B, L, D); `sublayer` maps (B, L, D) -> (B, L, D)."""

@@ -8,6 +8,7 @@ its own batches of each update (DDP averages the gradients); only rank 0 logs an
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import signal
@@ -36,11 +37,26 @@ from mtcli.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
 from mtcli.progress import Display, MetricsLog
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc malloc keep and reuse freed memory (CPU training); False outside glibc."""
+    # By default every block over 32 MB (the logits and their gradient are ~128 MB at 4k tokens)
+    # is a fresh mmap, unmapped when freed, so each step faulted in ~100k new pages: ~10% of a
+    # base-size step. With mmap and trimming off, the next step reuses the heap the last one freed.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 class Trainer:
     """Owns the model, optimizer, data and the loop state for one run directory."""
 
     def __init__(self, cfg, manifest: dict, dist: Dist):
         self.cfg, self.t, self.dist = cfg, cfg.train, dist
+        if dist.device.type == "cpu":
+            keep_freed_memory()
         self.run = cfg.run_path
         self.data_dir = self.run / "data"
         self.ckpt_dir = self.run / "checkpoints"
