@@ -58,7 +58,7 @@ def train(name: str, minutes: float, sets: list[str]) -> dict:
     evals = [r for r in rows if "valid_loss" in r]
     return {
         "name": name, "sets": sets, "minutes": minutes, "exit": proc.returncode, "wall_s": round(time.time() - began, 1),
-        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "steps": max((r["step"] for r in rows), default=0),
         "final_loss": train_rows[-1]["loss"] if train_rows else None,
         "best_valid_bleu": max((r.get("valid_bleu", 0) for r in evals), default=None),
         "final_valid_loss": evals[-1]["valid_loss"] if evals else None,
