@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from model_helpers import tiny_transformer
 from torch import nn
 
 from mtcli import fastlinear
 from mtcli.fastlinear import PackedLinear, pack_linears, packed_count
-from mtcli.model import Transformer
 from mtcli.search import SearchParams, _log_softmax, beam_search
 
 PAD, BOS, EOS, V = 0, 2, 3, 96
@@ -20,11 +20,7 @@ needs_onednn = pytest.mark.skipif(not fastlinear.available(), reason="torch with
 
 
 def model(seed=0, **kw):
-    torch.manual_seed(seed)
-    args = dict(src_vocab=V, tgt_vocab=V, d_model=64, n_heads=4, d_ff=128, encoder_layers=2,
-                decoder_layers=2, dropout=0.0, norm="pre", share_embeddings=True, max_positions=64)
-    args.update(kw)
-    return Transformer(**args).eval()
+    return tiny_transformer(V, d_model=64, d_ff=128, seed=seed, **kw)
 
 
 def random_src(n=12, length=9, seed=1):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import tiny_transformer
 from torch import nn
 
-from mtcli.model import Transformer
 from mtcli.quantize import quantize_for_inference
 from mtcli.search import SearchParams, beam_search
 
@@ -14,11 +14,7 @@ PAD, BOS, EOS, V = 0, 2, 3, 64
 
 
 def model(seed=0, **kw):
-    torch.manual_seed(seed)
-    args = dict(src_vocab=V, tgt_vocab=V, d_model=64, n_heads=4, d_ff=128, encoder_layers=2,
-                decoder_layers=2, dropout=0.0, norm="pre", share_embeddings=True, max_positions=64)
-    args.update(kw)
-    return Transformer(**args).eval()
+    return tiny_transformer(V, d_model=64, d_ff=128, seed=seed, **kw)
 
 
 def random_src(n=32, length=9, seed=1):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import tiny_transformer
 
-from mtcli.model import Transformer
 from mtcli.optim import label_smoothed_nll
 from mtcli.search import SearchParams, beam_search, length_norm
 
@@ -13,11 +13,7 @@ PAD, BOS, EOS, V = 0, 2, 3, 20
 
 
 def model(seed=0, **kw):
-    torch.manual_seed(seed)
-    args = dict(src_vocab=V, tgt_vocab=V, d_model=32, n_heads=4, d_ff=64, encoder_layers=2,
-                decoder_layers=2, dropout=0.0, norm="pre", share_embeddings=True, max_positions=64)
-    args.update(kw)
-    return Transformer(**args).eval()
+    return tiny_transformer(V, d_model=32, d_ff=64, seed=seed, **kw)
 
 
 def greedy_reference(m, src, max_len):
