@@ -15,12 +15,16 @@ import torch
 from mtcli.errors import MtcliError
 
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """cuda when asked for or available (auto), else cpu."""
+def pick_device(preference: str, local_rank: int = 0, local_world: int = 1) -> torch.device:
+    """cuda when asked for or available (auto), else cpu; one GPU per process on this node."""
     if preference == "cuda" and not torch.cuda.is_available():
         raise MtcliError("train.device: cuda requested but no CUDA device is available")
     if preference in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        gpus = torch.cuda.device_count()
+        if local_world > gpus:  # NCCL cannot put two ranks on one GPU
+            raise MtcliError(f"train.device: {local_world} processes on this node but {gpus} CUDA device(s); "
+                             f"launch with --nproc_per_node={gpus}, or set train.device=cpu")
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
@@ -37,7 +41,8 @@ class Dist:
         """Initialise the process group when launched by torchrun; set CPU threads."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
-        dev = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        dev = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")),
+                          int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
         if world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -190,7 +190,7 @@ def test_average_command(run):
     from safetensors.torch import load_file
 
     got = load_file(str(run / "avg" / "model.safetensors"))
-    states = [torch.load(p, weights_only=True)["model"] for p in ckpts]
+    states = [torch.load(p, weights_only=True, map_location="cpu")["model"] for p in ckpts]
     key = "encoder.0.ff.linear1.weight"
     torch.testing.assert_close(got[key], (states[0][key] + states[1][key]) / 2)
     assert cli("translate", "-m", str(run / "avg"), "A dog.").returncode == 0
@@ -204,7 +204,8 @@ sys.path.insert(0, {str(REPO)!r})
 from mtcli.config import load_config
 from mtcli.train import run_train
 cfg = load_config({str(TINY)!r}, ["run_dir={run}", "train.max_steps=12", "train.log_every=1",
-                   "train.eval_every=1000", "train.save_every=6", "train.threads=1"])
+                   "train.eval_every=1000", "train.save_every=6", "train.threads=1",
+                   "train.device=cpu"])
 import mtcli.train as t
 orig = t.Trainer.fit
 def fit(self, *a, **kw):
@@ -257,3 +258,18 @@ def test_token_batches_cover_each_pair_once_within_budget():
     assert all(np.array_equal(a, b) for a, b in zip(batches, same))
     other = token_batches(src, tgt, 300, seed=1, epoch=2)
     assert not all(len(a) == len(b) and np.array_equal(a, b) for a, b in zip(batches, other))
+
+
+def test_pick_device_one_gpu_per_process(monkeypatch):
+    from mtcli.distributed import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("auto", local_rank=1, local_world=2) == torch.device("cuda", 1)
+    assert pick_device("cpu", local_rank=1, local_world=4) == torch.device("cpu")
+    with pytest.raises(MtcliError, match="4 processes on this node but 2 CUDA"):
+        pick_device("auto", local_rank=3, local_world=4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto", local_rank=3, local_world=4) == torch.device("cpu")
+    with pytest.raises(MtcliError, match="no CUDA device"):
+        pick_device("cuda")
