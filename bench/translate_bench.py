@@ -10,8 +10,9 @@ steps (minimum = maximum length), so every system runs the same number of decode
 same number of beams:
 
 - mtcli: `beam_search` with min_len = max_len = 29 tokens, i.e. 29 tokens + the forced EOS, on
-  the model `mtcli translate` uses on CPU (`mtcli.fastlinear.pack_linears`: linears on pre-packed
-  oneDNN weights); "mtcli no fast path" is the same search on plain `nn.Linear`s.
+  the model `mtcli translate` uses on CPU (`mtcli.translate.inference_model`: fused q/k/v
+  projections, linears on pre-packed oneDNN weights); "mtcli no fast path" is the same search on
+  plain `nn.Linear`s (as with MTCLI_FAST_LINEAR=0).
 - HF: `MarianMTModel.generate` with min_new_tokens = max_new_tokens = 30 (30 tokens, no EOS).
 - CTranslate2 fp32 / int8, converted from that Marian model, in a child process that never
   imports torch (min_decoding_length = max_decoding_length = 30).
@@ -243,13 +244,24 @@ def mtcli_model():
     ).eval()  # fmt: skip
 
 
-def fast_model(model):
-    """The model as `mtcli translate` runs it on CPU in float32 (pre-packed linears when available)."""
-    from mtcli.fastlinear import pack_linears, packed_count
+def fast_model(model, int8: bool = False):
+    """A copy of the model as `mtcli translate` runs it on CPU (fused q/k/v; pre-packed float32
+    linears when available, or int8 projections)."""
+    import copy
 
-    fast = pack_linears(model)
+    from mtcli.fastlinear import packed_count
+    from mtcli.translate import inference_model
+
+    fast = inference_model(copy.deepcopy(model), "cpu", int8)
     print(f"mtcli fast path: {packed_count(fast)} linears pre-packed", flush=True)
     return fast
+
+
+def plain_model(model):
+    """A copy as `MTCLI_FAST_LINEAR=0 mtcli translate` runs it: fused q/k/v, plain nn.Linear."""
+    import copy
+
+    return copy.deepcopy(model).fuse_for_inference()
 
 
 def hf_model():
@@ -501,18 +513,13 @@ def main(argv: list[str] | None = None) -> None:
     systems["mtcli"] = bench_mtcli(fast, batches, n)
     log("mtcli")
     if "nofast" not in skip:
-        systems["mtcli no fast path"] = bench_mtcli(model, batches, n, "mtcli no fast path")
+        systems["mtcli no fast path"] = bench_mtcli(plain_model(model), batches, n, "mtcli no fast path")
         log("mtcli no fast path")
     quantized = None
     if "int8" not in skip:
-        try:
-            from mtcli.quantize import quantize_for_inference
-        except ImportError:
-            quantize_for_inference = None
-        if quantize_for_inference is not None:
-            quantized = quantize_for_inference(model)
-            systems["mtcli int8"] = bench_mtcli(quantized, batches, n)
-            log("mtcli int8")
+        quantized = fast_model(model, int8=True)
+        systems["mtcli int8"] = bench_mtcli(quantized, batches, n)
+        log("mtcli int8")
     hf = hf_model()
     if "hf" not in skip:
         systems["hf generate"] = bench_hf(hf, batches, n)

@@ -155,14 +155,19 @@ def load_bundle(path: Path, device: str = "cpu"):
 
 def average_run(run_dir: Path, last: int, out: Path | None = None) -> Path:
     """Average the last `last` numbered checkpoints of a run into a bundle (default run/model)."""
-    from mtcli import __version__
-    from mtcli.config import config_from_dict
-    from mtcli.model import build_model
-
     run_dir = Path(run_dir)
     chosen = step_checkpoints(run_dir / "checkpoints")[-last:]
     if not chosen:
         raise MtcliError(f"{run_dir / 'checkpoints'}: no checkpoints to average; train first")
+    return average_checkpoints(chosen, run_dir / "data", Path(out) if out else run_dir / "model")
+
+
+def average_checkpoints(chosen: list[Path], data_dir: Path, out: Path) -> Path:
+    """Average the weights of checkpoints `chosen` (the last one gives config and step) into a bundle."""
+    from mtcli import __version__
+    from mtcli.config import config_from_dict
+    from mtcli.model import build_model
+
     head = load_checkpoint(chosen[-1])
     cfg = config_from_dict(head["config"], str(chosen[-1]))
     vocab = head["vocab"]
@@ -172,6 +177,5 @@ def average_run(run_dir: Path, last: int, out: Path | None = None) -> Path:
             "weights": f"average of {', '.join(p.name for p in chosen)}", "mtcli": __version__,
             "parameters": sum(p.numel() for p in model.parameters()),
             "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}  # fmt: skip
-    out = Path(out) if out else run_dir / "model"
-    export_bundle(model, head["config"], run_dir / "data", out, meta)
+    export_bundle(model, head["config"], data_dir, out, meta)
     return out

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtcli.dropout import Dropout
-from mtcli.layers import DecoderLayer, EncoderLayer
+from mtcli.layers import DecoderLayer, EncoderLayer, KVCache
 from mtcli.residual import deepnorm_constants, final_norm
 
-DecoderCache = list[dict[str, dict[str, torch.Tensor]]]
+DecoderCache = list[dict]  # per layer: {"self": KVCache, "cross": {"k", "v"}}
 
 
 def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
@@ -145,8 +145,8 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """tgt (B, T) ids -> logits (B, T, V). With a cache, tgt holds only the new positions."""
         offset = 0
-        if cache is not None and "k" in cache[0]["self"]:
-            offset = cache[0]["self"]["k"].size(2)
+        if cache is not None:
+            offset = cache[0]["self"].len
         x = self.tgt_embed(tgt, offset)
         for i, layer in enumerate(self.decoder):
             x = layer(x, memory, memory_pad_mask, None if cache is None else cache[i])
@@ -165,15 +165,25 @@ class Transformer(nn.Module):
 
     def new_cache(self) -> DecoderCache:
         """An empty per-layer decoder cache for incremental decoding."""
-        return [{"self": {}, "cross": {}} for _ in self.decoder]
+        return [{"self": KVCache(), "cross": {}} for _ in self.decoder]
 
     @staticmethod
-    def reorder_cache(cache: DecoderCache, index: torch.Tensor, cross: bool = True) -> None:
-        """Select rows `index` of every cached tensor (beam reordering, dropping finished rows)."""
+    def reorder_cache(cache: DecoderCache, index: torch.Tensor, cross_index: torch.Tensor | None = None) -> None:
+        """Select rows `index` of the self-attention caches (beam reordering, dropping finished rows)
+        and rows `cross_index` of the cross-attention caches, which hold one row per sentence that
+        its beams share; `cross_index=None` leaves those as they are."""
         for layer in cache:
-            for part in ("self", "cross") if cross else ("self",):
-                for key, value in layer[part].items():
-                    layer[part][key] = value.index_select(0, index)
+            layer["self"].select(index)
+            if cross_index is not None:
+                for key, value in layer["cross"].items():
+                    layer["cross"][key] = value.index_select(0, cross_index)
+
+    def fuse_for_inference(self) -> Transformer:
+        """Fuse each self-attention's q/k/v projections into one GEMM (inference only; in place)."""
+        for layer in [*self.encoder, *self.decoder]:
+            if layer.self_attn.qkv_proj is None:
+                layer.self_attn.fuse_qkv()
+        return self
 
 
 def build_model(model_cfg, src_vocab: int, tgt_vocab: int, joint: bool, pad_id: int = 0) -> Transformer:

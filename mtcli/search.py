@@ -89,7 +89,7 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
         return sample(model, src, p)
     k, n = p.beam_size, src.size(0)
     device = src.device
-    memory, pad_mask = model.encode(src)  # (B, S, D): one row per sentence until step 0 is done
+    memory, pad_mask = model.encode(src)  # (B, S, D): one row per sentence, shared by its K beams
     limit = model.max_positions - 1
     max_len = max_lengths(src, p, limit).repeat_interleave(k)  # (B*K,)
     tokens = torch.full((n * k, 1), p.bos_id, dtype=torch.long, device=device)
@@ -112,11 +112,8 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
         rows = (torch.arange(len(alive), device=device)[:, None] * k + top_beam.gather(1, pos)).view(-1)
         tokens = torch.cat([tokens[rows], top_tok.gather(1, pos).view(-1, 1)], dim=1)
         scores = live_scores
-        if step == 0:  # one row per sentence becomes K: memory and both caches follow
-            memory, pad_mask = memory[rows // k], pad_mask[rows // k]
-            model.reorder_cache(cache, rows // k, cross=True)
-        else:
-            model.reorder_cache(cache, rows, cross=False)
+        # Beam reordering (at step 0: one row per sentence becomes K); memory is per sentence.
+        model.reorder_cache(cache, rows // k if step == 0 else rows)
         done = [len(finished[s]) >= k or step >= int(max_len[i * k]) for i, s in enumerate(alive)]
         if all(done):
             break
@@ -125,8 +122,8 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
             keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
             alive = [alive[i] for i in keep.tolist()]
             tokens, scores = tokens[keep_rows], scores[keep]
-            memory, pad_mask, max_len = memory[keep_rows], pad_mask[keep_rows], max_len[keep_rows]
-            model.reorder_cache(cache, keep_rows, cross=True)
+            memory, pad_mask, max_len = memory[keep], pad_mask[keep], max_len[keep_rows]
+            model.reorder_cache(cache, keep_rows, keep)
     return [sorted(h, key=lambda x: -x.score)[: p.nbest] for h in finished]
 
 
@@ -175,8 +172,7 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
 def sample(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothesis]]:
     """Ancestral sampling with temperature, top-k and top-p; `nbest` samples per sentence."""
     n, m = src.size(0), p.nbest
-    memory, pad_mask = model.encode(src)
-    memory, pad_mask = memory.repeat_interleave(m, 0), pad_mask.repeat_interleave(m, 0)
+    memory, pad_mask = model.encode(src)  # one row per sentence, shared by its m samples
     max_len = max_lengths(src, p, model.max_positions - 1).repeat_interleave(m)
     tokens = torch.full((n * m, 1), p.bos_id, dtype=torch.long, device=src.device)
     logprob = torch.zeros(n * m, device=src.device)

@@ -109,13 +109,15 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
         raw = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
         cfg = config_from_dict(raw, "--set")
     params = search_params(cfg.decode, tok, beam, nbest)
-    if str(device) == "cpu":
-        net = _cpu_fast_path(net, cfg.decode.int8)
-    return Translator(net, tok, params, cfg.decode.max_tokens, device)
+    return Translator(inference_model(net, device, cfg.decode.int8), tok, params, cfg.decode.max_tokens, device)
 
 
-def _cpu_fast_path(net, int8: bool):
-    """--int8: int8 projections; else float32 linears on pre-packed weights ($MTCLI_FAST_LINEAR=0: off)."""
+def inference_model(net, device, int8: bool = False):
+    """The model as search runs it: fused q/k/v projections; on CPU also --int8 projections, or else
+    float32 linears on pre-packed weights ($MTCLI_FAST_LINEAR=0: off)."""
+    net = net.fuse_for_inference()
+    if str(device) != "cpu":
+        return net
     if int8:
         from mtcli.quantize import quantize_for_inference
 

@@ -137,10 +137,52 @@ def test_reorder_cache_selects_rows():
         mem, pad = model.encode(src)
         cache = model.new_cache()
         model.decode(tgt[:, :2], mem, pad, cache)
-        Transformer.reorder_cache(cache, torch.tensor([1, 1]))
+        Transformer.reorder_cache(cache, torch.tensor([1, 1]), torch.tensor([1, 1]))
         swapped = model.decode(tgt[[1, 1], 2:], mem[[1, 1]], pad[[1, 1]], cache)
         full = model.decode(tgt[[1, 1]], mem[[1, 1]], pad[[1, 1]])
     torch.testing.assert_close(swapped[:, 0], full[:, 2], atol=1e-5, rtol=1e-5)
+
+
+def test_long_cached_decoding_with_reordering_and_shared_memory():
+    """40 cached steps (the self-attention buffer grows past its first capacities), beams reordered
+    and rows dropped on the way, memory kept once per sentence for its 3 beams: every step's logits
+    equal a full recomputation over the expanded memory."""
+    model = tiny_model(max_positions=64)
+    src = torch.randint(3, 23, (2, 6))
+    src[1, 4:] = 0
+    beams, n_steps = 3, 40
+    tgt = torch.randint(3, 23, (2 * beams, n_steps))
+    with torch.no_grad():
+        mem, pad = model.encode(src)  # (2, S, D): one row per sentence
+        cache = model.new_cache()
+        rows = torch.arange(2 * beams)  # which original target row each cache row holds
+        for t in range(n_steps):
+            if t == 17:  # beams reordered: row 0 copied, 1 and 2 swapped
+                perm = torch.tensor([0, 0, 1, 5, 3, 4])
+                model.reorder_cache(cache, perm)
+                rows = rows[perm]
+            if t == 29:  # sentence 0 finished: keep sentence 1's beams and memory row only
+                model.reorder_cache(cache, torch.tensor([3, 4, 5]), torch.tensor([1]))
+                mem, pad, rows = mem[1:], pad[1:], rows[3:]
+            seq = tgt[rows, : t + 1]
+            step = model.decode(seq[:, -1:], mem, pad, cache)[:, -1]
+            expanded = mem.repeat_interleave(beams, 0), pad.repeat_interleave(beams, 0)
+            full = model.decode(seq, *expanded)[:, -1]
+            if t in (0, 16, 17, 28, 29, 39):
+                torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    assert cache[0]["self"].len == n_steps and cache[0]["self"].k.size(0) >= n_steps
+
+
+def test_fused_qkv_matches_separate_projections():
+    model = tiny_model("pre")
+    src, tgt = torch.randint(3, 23, (3, 7)), torch.randint(3, 23, (3, 5))
+    with torch.no_grad():
+        want = model(src, tgt)
+        fused = model.fuse_for_inference()
+        assert all(layer.self_attn.qkv_proj is not None for layer in [*fused.encoder, *fused.decoder])
+        assert all(layer.cross_attn.qkv_proj is None for layer in fused.decoder)
+        got = fused(src, tgt)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("norm", PLACEMENTS)

@@ -1,0 +1,114 @@
+"""Translation quality at equal wall-clock training budgets, from one training run (issue 7).
+
+Train once with every checkpoint kept (`train.keep_last` large enough, or hard links taken while it
+trains, as in docs/BENCHMARKS.md). For each budget B (minutes of training time as the trainer counts
+it, evaluation excluded) this script averages the last `--average` checkpoints saved within B,
+translates the run's valid and test sources with the config's decode settings through
+`mtcli translate`, and scores them with `mtcli score` (sacreBLEU BLEU and chrF, default settings).
+With an inverse-sqrt or constant schedule nothing in training depends on the total budget, so the
+checkpoint at 30 minutes of a 2-hour run is the one a 30-minute run (same seed) would have written;
+other schedules are refused.
+
+    python bench/quality_budgets.py runs/multi30k-en-de --checkpoints runs/multi30k-en-de/snap \\
+        --budgets 30,60,120 --average 2
+
+Writes bench/results/quality/<run name>.json (budget, step, training seconds, target tokens, the
+exact commands, BLEU/chrF with signatures) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def checkpoints_with_time(ckpt_dir: Path) -> list[tuple[Path, dict]]:
+    """(path, trainer state) of every step_*.pt, by step."""
+    import torch
+
+    out = []
+    for path in sorted(ckpt_dir.glob("step_*.pt")):
+        state = torch.load(path, map_location="cpu", weights_only=False)["state"]
+        out.append((path, {k: state[k] for k in ("step", "elapsed", "tokens", "epoch")}))
+    return out
+
+
+def run(cmd: list[str], log: list[str]) -> str:
+    log.append(shlex.join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return out.stdout
+
+
+def evaluate(bundle: Path, data: Path, split: str, work: Path, log: list[str]) -> dict:
+    hyp = work / f"{split}.hyp"
+    mtcli = [sys.executable, "-m", "mtcli"]
+    started = time.time()
+    run([*mtcli, "translate", "-m", str(bundle), "-i", str(data / f"{split}.src.txt"), "-o", str(hyp)], log)
+    seconds = time.time() - started
+    scores = json.loads(run([*mtcli, "score", str(hyp), str(data / f"{split}.tgt.txt"), "--json"], log))["scores"]
+    return {"bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
+            "bleu_signature": scores["bleu"]["signature"], "chrf_signature": scores["chrf"]["signature"],
+            "translate_s": round(seconds, 1)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--checkpoints", type=Path, help="folder of step_*.pt (default RUN/checkpoints)")
+    ap.add_argument("--budgets", default="30,60,120", help="minutes of training time, comma-separated")
+    ap.add_argument("--average", type=int, default=2, help="checkpoints averaged per budget")
+    ap.add_argument("--out", type=Path, help="result JSON (default bench/results/quality/<run>.json)")
+    args = ap.parse_args(argv)
+
+    from mtcli.checkpoint import average_checkpoints, load_checkpoint
+    from mtcli.config import config_from_dict
+
+    run_dir = args.run_dir.resolve()
+    ckpts = checkpoints_with_time(args.checkpoints or run_dir / "checkpoints")
+    if not ckpts:
+        raise SystemExit(f"{args.checkpoints or run_dir / 'checkpoints'}: no step_*.pt checkpoints")
+    cfg = config_from_dict(load_checkpoint(ckpts[-1][0])["config"], str(ckpts[-1][0]))
+    if cfg.train.schedule not in ("inverse_sqrt", "constant"):
+        raise SystemExit(f"train.schedule={cfg.train.schedule} depends on the run's length: run each budget")
+    results = []
+    for minutes in (float(b) for b in args.budgets.split(",")):
+        within = [c for c in ckpts if c[1]["elapsed"] <= minutes * 60 + 1.0]
+        if not within:
+            print(f"{minutes:g} min: no checkpoint saved yet", flush=True)
+            continue
+        chosen = within[-args.average :]
+        work = run_dir / "budgets" / f"{minutes:g}m"
+        log: list[str] = []
+        bundle = average_checkpoints([p for p, _ in chosen], run_dir / "data", work / "model")
+        row = {"budget_min": minutes, **chosen[-1][1], "averaged": [p.name for p, _ in chosen]}
+        for split in ("valid", "test"):
+            row[split] = evaluate(bundle, run_dir / "data", split, work, log)
+        row["commands"] = log
+        results.append(row)
+        print(f"{minutes:5g} min  step {row['step']:6d}  {row['elapsed'] / 60:6.1f} min  "
+              f"{row['tokens']:12,d} tgt tokens  valid BLEU {row['valid']['bleu']:5.2f}  "
+              f"test BLEU {row['test']['bleu']:5.2f}  chrF {row['test']['chrf']:5.2f}", flush=True)  # fmt: skip
+    out = args.out or REPO / "bench" / "results" / "quality" / f"{run_dir.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"run": str(os.path.relpath(run_dir, REPO)), "config": cfg.model_dump(mode="json"),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+           "budgets": results}  # fmt: skip
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
