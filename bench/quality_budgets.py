@@ -37,7 +37,8 @@ def checkpoints_with_time(ckpt_dir: Path) -> list[tuple[Path, dict]]:
 
     out = []
     for path in sorted(ckpt_dir.glob("step_*.pt")):
-        state = torch.load(path, map_location="cpu", weights_only=False)["state"]
+        # mmap: only the small trainer state is read, not the ~90 MB of weights and optimizer moments
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state"]
         out.append((path, {k: state[k] for k in ("step", "elapsed", "tokens", "epoch")}))
     return out
 

@@ -110,15 +110,18 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
 
     def _keys_values(self, kv: torch.Tensor, cache: Cache | KVCache | None, static: bool, k=None, v=None):
+        """Keys/values (Bk, H, Lk, D/H): cross-attention (`static`, cache a dict) projects the memory
+        once per sentence; self-attention (cache a `KVCache`) appends this step's to the history."""
         if static and cache is not None and "k" in cache:
-            return cache["k"], cache["v"]  # cross-attention: memory projected once per sentence
+            return cache["k"], cache["v"]
         if k is None:
             k, v = self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
-        if isinstance(cache, KVCache):  # self-attention: append this step's keys/values
-            return cache.append(k, v)
-        if cache is not None:
+        if cache is None:
+            return k, v
+        if static:
             cache["k"], cache["v"] = k, v
-        return k, v
+            return k, v
+        return cache.append(k, v)
 
     def forward(
         self,
