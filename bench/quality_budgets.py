@@ -51,16 +51,29 @@ def run(cmd: list[str], log: list[str]) -> str:
     return out.stdout
 
 
+def score_file(hyp: Path, ref: Path, log: list[str]) -> dict:
+    """sacreBLEU BLEU and chrF (default settings) of a detokenized hypothesis file, via `mtcli score`."""
+    cmd = [sys.executable, "-m", "mtcli", "score", str(hyp), str(ref), "--json"]
+    scores = json.loads(run(cmd, log))["scores"]
+    return {"bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
+            "bleu_signature": scores["bleu"]["signature"], "chrf_signature": scores["chrf"]["signature"]}  # fmt: skip
+
+
+def write_json(out: Path, doc: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
 def evaluate(bundle: Path, data: Path, split: str, work: Path, log: list[str]) -> dict:
     hyp = work / f"{split}.hyp"
-    mtcli = [sys.executable, "-m", "mtcli"]
     started = time.time()
-    run([*mtcli, "translate", "-m", str(bundle), "-i", str(data / f"{split}.src.txt"), "-o", str(hyp)], log)
+    run([sys.executable, "-m", "mtcli", "translate", "-m", str(bundle), "-i", str(data / f"{split}.src.txt"),
+         "-o", str(hyp)], log)  # fmt: skip
     seconds = time.time() - started
-    scores = json.loads(run([*mtcli, "score", str(hyp), str(data / f"{split}.tgt.txt"), "--json"], log))["scores"]
-    return {"bleu": round(scores["bleu"]["score"], 2), "chrf": round(scores["chrf"]["score"], 2),
-            "bleu_signature": scores["bleu"]["signature"], "chrf_signature": scores["chrf"]["signature"],
-            "translate_s": round(seconds, 1)}  # fmt: skip
+    return {**score_file(hyp, data / f"{split}.tgt.txt", log), "translate_s": round(seconds, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,14 +114,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['tokens']:12,d} tgt tokens  valid BLEU {row['valid']['bleu']:5.2f}  "
               f"test BLEU {row['test']['bleu']:5.2f}  chrF {row['test']['chrf']:5.2f}", flush=True)  # fmt: skip
     out = args.out or REPO / "bench" / "results" / "quality" / f"{run_dir.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"run": str(os.path.relpath(run_dir, REPO)), "config": cfg.model_dump(mode="json"),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
            "budgets": results}  # fmt: skip
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_json(out, doc)
 
 
 if __name__ == "__main__":

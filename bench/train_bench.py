@@ -393,31 +393,35 @@ def fairseq_bin(name: str) -> str:
     return str(path)
 
 
-def fairseq_data() -> Path:
-    """fairseq-preprocess of mtcli's own train/valid ids, written back as SentencePiece pieces.
+def fairseq_data(run_dir: Path = RUN_DIR, splits: tuple[str, ...] = ("train", "valid")) -> Path:
+    """fairseq-preprocess of an mtcli run's own split ids, written back as SentencePiece pieces.
 
     The dictionary lists the pieces in SentencePiece order after fairseq's four specials, so the
-    piece with SentencePiece id i >= 4 has fairseq id i too, and the vocabulary stays 8,000.
+    piece with SentencePiece id i >= 4 has fairseq id i too, and the vocabulary stays the same.
+    Written once to RUN/fairseq/bin (the run's joint vocabulary is required).
     """
     import sentencepiece as spm
 
     from mtcli.dataset import load_pair
 
-    work = RUN_DIR / "fairseq"
+    manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
+    src, tgt = manifest["src_lang"], manifest["tgt_lang"]
+    if not manifest["vocab"]["joint"]:
+        raise SystemExit(f"{run_dir}: fairseq comparison needs a joint vocabulary (tokenizer.joint: true)")
+    work = run_dir / "fairseq"
     dest = work / "bin"
-    if (dest / "train.en-de.de.bin").exists():
+    if all((dest / f"{split}.{src}-{tgt}.{tgt}.bin").exists() for split in splits):
         return dest
     work.mkdir(parents=True, exist_ok=True)
-    sp = spm.SentencePieceProcessor(model_file=str(RUN_DIR / "data" / "spm.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(run_dir / "data" / "spm.model"))
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     (work / "dict.txt").write_text("".join(f"{p} 1\n" for p in pieces[4:]), encoding="utf-8")
-    manifest = json.loads((RUN_DIR / "data" / "manifest.json").read_text())
-    for split in ("train", "valid"):
-        for side, lang in zip(load_pair(RUN_DIR / "data", split, manifest["dtype"]), ("en", "de")):
+    for split in splits:
+        for side, lang in zip(load_pair(run_dir / "data", split, manifest["dtype"]), (src, tgt)):
             lines = (" ".join(pieces[t] for t in side[i]) + "\n" for i in range(len(side)))
             (work / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
-    subprocess.run([fairseq_bin("fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
-                    "--trainpref", str(work / "train"), "--validpref", str(work / "valid"),
+    prefixes = [arg for split in splits for arg in (f"--{split}pref", str(work / split))]
+    subprocess.run([fairseq_bin("fairseq-preprocess"), "--source-lang", src, "--target-lang", tgt, *prefixes,
                     "--destdir", str(dest), "--srcdict", str(work / "dict.txt"),
                     "--joined-dictionary", "--workers", "1"], check=True, cwd=work)  # fmt: skip
     return dest
