@@ -3,7 +3,8 @@
 Train once with every checkpoint kept (`train.keep_last` large enough, or hard links taken while it
 trains, as in docs/BENCHMARKS.md). For each budget B (minutes of training time as the trainer counts
 it, evaluation excluded) this script averages the last `--average` checkpoints saved within B,
-translates the run's valid and test sources with the config's decode settings through
+translates the run's valid and test sources with the config's decode settings (or, with
+`--lenpens`, each length penalty on valid and the best of them on test) through
 `mtcli translate`, and scores them with `mtcli score` (sacreBLEU BLEU and chrF, default settings).
 With an inverse-sqrt or constant schedule nothing in training depends on the total budget, so the
 checkpoint at 30 minutes of a 2-hour run is the one a 30-minute run (same seed) would have written;
@@ -67,11 +68,12 @@ def write_json(out: Path, doc: dict) -> None:
     print(f"wrote {out}")
 
 
-def evaluate(bundle: Path, data: Path, split: str, work: Path, log: list[str]) -> dict:
-    hyp = work / f"{split}.hyp"
+def evaluate(bundle: Path, data: Path, split: str, work: Path, log: list[str], lenpen: float | None = None) -> dict:
+    hyp = work / (f"{split}.hyp" if lenpen is None else f"{split}-lp{lenpen:g}.hyp")
     started = time.time()
+    lp = [] if lenpen is None else ["--set", f"decode.length_penalty={lenpen}"]
     run([sys.executable, "-m", "mtcli", "translate", "-m", str(bundle), "-i", str(data / f"{split}.src.txt"),
-         "-o", str(hyp)], log)  # fmt: skip
+         "-o", str(hyp), *lp], log)  # fmt: skip
     seconds = time.time() - started
     return {**score_file(hyp, data / f"{split}.tgt.txt", log), "translate_s": round(seconds, 1)}
 
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoints", type=Path, help="folder of step_*.pt (default RUN/checkpoints)")
     ap.add_argument("--budgets", default="30,60,120", help="minutes of training time, comma-separated")
     ap.add_argument("--average", type=int, default=2, help="checkpoints averaged per budget")
+    ap.add_argument("--lenpens", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                    help="length penalties tried on valid (the best is used for test); default: the config's")
     ap.add_argument("--out", type=Path, help="result JSON (default bench/results/quality/<run>.json)")
     args = ap.parse_args(argv)
 
@@ -106,12 +110,18 @@ def main(argv: list[str] | None = None) -> None:
         log: list[str] = []
         bundle = average_checkpoints([p for p, _ in chosen], run_dir / "data", work / "model")
         row = {"budget_min": minutes, **chosen[-1][1], "averaged": [p.name for p, _ in chosen]}
-        for split in ("valid", "test"):
-            row[split] = evaluate(bundle, run_dir / "data", split, work, log)
+        if args.lenpens:  # length penalty chosen on valid, then used for test
+            tried = {lp: evaluate(bundle, run_dir / "data", "valid", work, log, lp) for lp in args.lenpens}
+            best = max(tried, key=lambda lp: tried[lp]["bleu"])
+            row.update(valid_by_lenpen={f"{lp:g}": r for lp, r in tried.items()}, lenpen=best, valid=tried[best])
+            row["test"] = evaluate(bundle, run_dir / "data", "test", work, log, best)
+        else:  # the bundle's own decode settings
+            for split in ("valid", "test"):
+                row[split] = evaluate(bundle, run_dir / "data", split, work, log)
         row["commands"] = log
         results.append(row)
         print(f"{minutes:5g} min  step {row['step']:6d}  {row['elapsed'] / 60:6.1f} min  "
-              f"{row['tokens']:12,d} tgt tokens  valid BLEU {row['valid']['bleu']:5.2f}  "
+              f"{row['tokens']:12,d} tgt tokens  lp {row.get('lenpen', 'config')}  valid BLEU {row['valid']['bleu']:5.2f}  "
               f"test BLEU {row['test']['bleu']:5.2f}  chrF {row['test']['chrf']:5.2f}", flush=True)  # fmt: skip
     out = args.out or REPO / "bench" / "results" / "quality" / f"{run_dir.name}.json"
     doc = {"run": str(os.path.relpath(run_dir, REPO)), "config": cfg.model_dump(mode="json"),
