@@ -28,13 +28,14 @@ import shlex
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality_budgets import score_file, write_json  # noqa: E402
+from quality_budgets import choose_lenpen, score_file, write_json  # noqa: E402
 from train_bench import FAIRSEQ_VENV, fairseq_bin, fairseq_data  # noqa: E402
 
 THREADS = 2
@@ -142,8 +143,9 @@ def tokens_seen(log: Path) -> dict[int, int]:
     return seen
 
 
-def generate(bin_dir: Path, ckpt: Path, split: str, lenpen: float, args, log: list[str]) -> list[str]:
-    _, src, tgt = load_run(args.run_dir)
+def generate(bin_dir: Path, ckpt: Path, split: str, lenpen: float, args, log: list[str]) -> tuple[list[str], dict]:
+    """Detokenized translations of `split` in input order, and fairseq's own timing of the search."""
+    src, tgt = args.langs
     cmd = [fairseq_bin("fairseq-generate"), str(bin_dir), "--cpu", "--task", "translation", "-s", src, "-t", tgt,
            "--path", str(ckpt), "--gen-subset", split, "--beam", "5", "--lenpen", str(lenpen),
            "--batch-size", "64", "--post-process", "sentencepiece", "--nbest", "1", "--max-len-b", str(args.max_len_b),
@@ -158,19 +160,19 @@ def generate(bin_dir: Path, ckpt: Path, split: str, lenpen: float, args, log: li
         if line.startswith("D-"):
             tag, _score, *text = line.split("\t")
             hyps[int(tag[2:])] = text[0] if text else ""
-    speed = re.search(r"Translated [\d,]+ sentences .* in ([\d.]+)s \(([\d.]+) sentences/s", out.stderr)
-    if speed:  # fairseq's own timing of the search (model loading excluded)
-        args.last_speed = {"generate_s": float(speed.group(1)), "sentences_per_s": float(speed.group(2))}
+    found = re.search(r"Translated [\d,]+ sentences .* in ([\d.]+)s \(([\d.]+) sentences/s", out.stderr)
+    speed = {"generate_s": float(found.group(1)), "sentences_per_s": float(found.group(2))} if found else {}
     expected = sum(1 for _ in (args.run_dir / "data" / f"{split}.src.txt").open(encoding="utf-8"))
     if sorted(hyps) != list(range(expected)):
         raise SystemExit(f"fairseq-generate translated {len(hyps)} of the {expected} {split} sentences")
-    return [hyps[i] for i in range(expected)]
+    return [hyps[i] for i in range(expected)], speed
 
 
-def score(hyps: list[str], ref: Path, work: Path, name: str, log: list[str]) -> dict:
-    hyp = work / f"{name}.hyp"
+def translate_and_score(bin_dir: Path, ckpt: Path, work: Path, args, log: list[str], split: str, lenpen: float):
+    hyps, speed = generate(bin_dir, ckpt, split, lenpen, args, log)
+    hyp = work / f"{split}-lp{lenpen:g}.hyp"
     hyp.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    return score_file(hyp, ref, log)
+    return {**score_file(hyp, args.run_dir / "data" / f"{split}.tgt.txt", log), **speed}
 
 
 def evaluate(args) -> None:
@@ -200,24 +202,15 @@ def evaluate(args) -> None:
         fairseq_python(AVERAGE, *(c["path"] for c in chosen), str(avg))
         updates = chosen[-1]["updates"]
         log: list[str] = []
-        valid = {}
-        for lenpen in (float(x) for x in args.lenpens.split(",")):
-            hyps = generate(bin_dir, avg, "valid", lenpen, args, log)
-            valid[lenpen] = score(hyps, run_dir / "data" / "valid.tgt.txt", work, f"valid-lp{lenpen:g}", log)
-        best = max(valid, key=lambda lp: valid[lp]["bleu"])
-        started = time.time()
-        hyps = generate(bin_dir, avg, "test", best, args, log)
-        test = score(hyps, run_dir / "data" / "test.tgt.txt", work, "test", log)
-        test["translate_s"] = round(time.time() - started, 1)
-        test.update(getattr(args, "last_speed", {}))
+        chosen_lp = choose_lenpen(partial(translate_and_score, bin_dir, avg, work, args, log), args.lenpens)
         near = max((u for u in seen if u <= updates), default=None)
         row = {"budget_min": minutes, "updates": updates, "training_s": round(chosen[-1]["training_s"], 1),
                "tokens_approx": seen.get(near), "averaged": [Path(c["path"]).name for c in chosen],
-               "valid_by_lenpen": {f"{k:g}": v for k, v in valid.items()}, "lenpen": best,
-               "valid": valid[best], "test": test, "commands": log}  # fmt: skip
+               **chosen_lp, "commands": log}  # fmt: skip
         results.append(row)
-        print(f"{minutes:5g} min  update {updates:6d}  {row['training_s'] / 60:6.1f} min  lenpen {best:g}  "
-              f"valid BLEU {valid[best]['bleu']:5.2f}  test BLEU {test['bleu']:5.2f}  chrF {test['chrf']:5.2f}",
+        print(f"{minutes:5g} min  update {updates:6d}  {row['training_s'] / 60:6.1f} min  lenpen {row['lenpen']:g}  "
+              f"valid BLEU {row['valid']['bleu']:5.2f}  test BLEU {row['test']['bleu']:5.2f}  "
+              f"chrF {row['test']['chrf']:5.2f}",
               flush=True)  # fmt: skip
     out = args.out or REPO / "bench" / "results" / "quality" / f"{run_dir.name}-fairseq.json"
     version = fairseq_python("import fairseq, torch; print(fairseq.__version__, torch.__version__)").split()
@@ -240,11 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--budgets", default="30,60,120", help="minutes of training time, comma-separated")
     ev.add_argument("--average", type=int, default=2, help="checkpoints averaged per budget")
-    ev.add_argument("--lenpens", default="1.0", help="fairseq length penalties tried on valid")
+    ev.add_argument("--lenpens", type=lambda v: [float(x) for x in v.split(",")], default=[1.0],
+                    help="fairseq length penalties tried on valid (the best is used for test)")
     ev.add_argument("--max-len-b", type=int, default=200, help="fairseq-generate's (smoke tests: small)")
     ev.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     args.run_dir = args.run_dir.resolve()
+    args.langs = load_run(args.run_dir)[1:]
     train(args) if args.command == "train" else evaluate(args)
 
 

@@ -26,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +67,14 @@ def write_json(out: Path, doc: dict) -> None:
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(out)
     print(f"wrote {out}")
+
+
+def choose_lenpen(evaluate_split, lenpens: list[float]) -> dict:
+    """Length penalty chosen on valid: `evaluate_split(split=, lenpen=)` runs each on valid, the best on test."""
+    tried = {lp: evaluate_split(split="valid", lenpen=lp) for lp in lenpens}
+    best = max(tried, key=lambda lp: tried[lp]["bleu"])
+    return {"valid_by_lenpen": {f"{lp:g}": r for lp, r in tried.items()}, "lenpen": best,
+            "valid": tried[best], "test": evaluate_split(split="test", lenpen=best)}  # fmt: skip
 
 
 def evaluate(bundle: Path, data: Path, split: str, work: Path, log: list[str], lenpen: float | None = None) -> dict:
@@ -110,11 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         log: list[str] = []
         bundle = average_checkpoints([p for p, _ in chosen], run_dir / "data", work / "model")
         row = {"budget_min": minutes, **chosen[-1][1], "averaged": [p.name for p, _ in chosen]}
-        if args.lenpens:  # length penalty chosen on valid, then used for test
-            tried = {lp: evaluate(bundle, run_dir / "data", "valid", work, log, lp) for lp in args.lenpens}
-            best = max(tried, key=lambda lp: tried[lp]["bleu"])
-            row.update(valid_by_lenpen={f"{lp:g}": r for lp, r in tried.items()}, lenpen=best, valid=tried[best])
-            row["test"] = evaluate(bundle, run_dir / "data", "test", work, log, best)
+        if args.lenpens:
+            row.update(choose_lenpen(partial(evaluate, bundle, run_dir / "data", work=work, log=log), args.lenpens))
         else:  # the bundle's own decode settings
             for split in ("valid", "test"):
                 row[split] = evaluate(bundle, run_dir / "data", split, work, log)
