@@ -177,6 +177,11 @@ class TrainConfig(Strict):
     schedule: Literal["inverse_sqrt", "linear", "cosine", "constant"] = "inverse_sqrt"
     warmup_steps: int = Field(4000, ge=0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    # Subword regularization (unigram tokenizer): each epoch, every training sentence takes one of
+    # its `subword_nbest` best segmentations with probability ~ P^alpha (lower alpha: more varied);
+    # 0 = off (the stored best segmentation). See mtcli/subword.py.
+    subword_alpha: float = Field(0.0, ge=0.0)
+    subword_nbest: int = Field(16, ge=2)
     clip_norm: float = Field(1.0, ge=0.0)
     max_steps: int | None = Field(None, ge=1)
     max_epochs: int | None = Field(None, ge=1)

@@ -35,6 +35,7 @@ from mtcli.gradnorms import sublayer_grad_norms
 from mtcli.model import build_model
 from mtcli.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
 from mtcli.progress import Display, MetricsLog
+from mtcli.subword import epoch_seed, subword_samplers
 
 
 def keep_freed_memory() -> bool:
@@ -65,6 +66,10 @@ class Trainer:
         self.vocab = {"src_vocab": vocab["src_size"], "tgt_vocab": vocab["tgt_size"], "joint": vocab["joint"]}
         self.train_src, self.train_tgt = load_pair(self.data_dir, "train", manifest["dtype"])
         self.valid = load_pair(self.data_dir, "valid", manifest["dtype"]) if "valid" in manifest["splits"] else None
+        began = time.time()
+        self.samplers = subword_samplers(self.data_dir, vocab, (self.train_src, self.train_tgt), self.t)
+        self.sampler_seconds = time.time() - began  # counted in the training time by `fit`
+        self.epoch_src, self.epoch_tgt = self.train_src, self.train_tgt
         torch.manual_seed(self.t.seed)
         self.model = build_model(cfg.model, vocab["src_size"], vocab["tgt_size"], vocab["joint"]).to(dist.device)
         self.optimizer = build_optimizer(self.model.parameters(), self.t)
@@ -139,7 +144,7 @@ class Trainer:
     def update(self, indices: list) -> dict | None:
         """Forward/backward over this update's micro-batches and an optimizer step."""
         dev = self.dist.device
-        micro = [collate(self.train_src, self.train_tgt, idx, self.ids) for idx in indices]
+        micro = [collate(self.epoch_src, self.epoch_tgt, idx, self.ids) for idx in indices]
         ntok = self.dist.sum(float(sum(int(b["ntokens"]) for b in micro)))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -223,6 +228,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def epoch_batches(self) -> list:
+        """The current epoch's data (re-segmented when sampling subwords) and its batch order."""
+        epoch = self.state["epoch"]
+        if self.samplers:
+            self.epoch_src, self.epoch_tgt = (
+                sampler.sample(epoch_seed(self.t.seed, epoch, side)) for side, sampler in enumerate(self.samplers)
+            )
+        return token_batches(self.epoch_src.lengths, self.epoch_tgt.lengths, self.t.max_tokens, self.t.seed, epoch)
+
     def limits_reached(self) -> str | None:
         """Why training should stop now, or None."""
         s, t = self.state, self.t
@@ -254,13 +268,15 @@ class Trainer:
         s, t = self.state, self.t
         start_step, last_save = s["step"], s["step"]
         tick, tick_tokens, losses = time.time(), 0, []
-        batches = token_batches(self.train_src.lengths, self.train_tgt.lengths, t.max_tokens, t.seed, s["epoch"])
+        batches = self.epoch_batches()
+        s["elapsed"] += time.time() - tick + self.sampler_seconds
         while (reason := self.limits_reached()) is None:
             began = time.time()
             indices = self._micro_batches(batches)
-            if indices is None:  # epoch over: the next one reshuffles with (seed, epoch)
+            if indices is None:  # epoch over: the next one reshuffles (and re-samples) with (seed, epoch)
                 s["epoch"], s["batch_pos"] = s["epoch"] + 1, 0
-                batches = token_batches(self.train_src.lengths, self.train_tgt.lengths, t.max_tokens, t.seed, s["epoch"])
+                batches = self.epoch_batches()
+                s["elapsed"] += time.time() - began
                 continue
             row = self.update(indices)
             s["elapsed"] += time.time() - began
@@ -377,6 +393,10 @@ def run_train(cfg, restart: bool = False) -> Path | None:
             how = f"resuming from step {trainer.state['step']}" if resumed else "starting"
             display.message(f"{how}: {n_params:,} parameters, {len(trainer.train_src):,} training pairs, "
                             f"device {dist.device}, {dist.world} process(es), {torch.get_num_threads()} threads")  # fmt: skip
+            if trainer.samplers:
+                t = cfg.train
+                display.message(f"subword sampling each epoch: alpha {t.subword_alpha}, nbest {t.subword_nbest} "
+                                f"(n-best lists in {trainer.sampler_seconds:.1f}s)")
         log = MetricsLog(cfg.run_path / "metrics.jsonl", trainer.state["step"] if resumed else None) if dist.rank == 0 else None
         trainer.install_signals()
         try:

@@ -106,6 +106,70 @@ def test_resume_is_exact(run, tmp_path):
     assert len(rows(run, "loss")) == 30
 
 
+def test_subword_sampling_resamples_each_epoch_and_resumes_exactly(run, tmp_path):
+    # 16k-token batches: a few batches per epoch, so 16 updates cross several epoch boundaries
+    common = ["--set", "train.log_every=1", "--set", "train.max_tokens=16384", "--set", "train.eval_every=1000",
+              "--set", "train.subword_alpha=0.2", "--set", "train.save_every=5"]
+    plain = tmp_path / "runs" / "plain"
+    other = tmp_path / "runs" / "split"
+    shutil.copytree(run, plain, symlinks=True)
+    shutil.copytree(run, other, symlinks=True)
+    full = cli("train", str(TINY), "--set", f"run_dir={run}", *common, "--set", "train.max_steps=16")
+    assert full.returncode == 0, full.stderr
+    assert "subword sampling each epoch: alpha 0.2" in full.stderr
+    epochs = [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
+    assert max(epochs) >= 3
+    first = cli("train", str(TINY), "--set", f"run_dir={other}", *common, "--set", "train.max_steps=7")
+    assert first.returncode == 0, first.stderr
+    second = cli("train", str(TINY), "--set", f"run_dir={other}", *common, "--set", "train.max_steps=16")
+    assert second.returncode == 0 and "resuming from step 7" in second.stderr, second.stderr
+    assert rows(other, "loss") == rows(run, "loss")
+    # the same run without sampling sees other token counts (sampled segmentations are longer)
+    unsampled = cli("train", str(TINY), "--set", f"run_dir={plain}", *common[:-4], "--set", "train.max_steps=16")
+    assert unsampled.returncode == 0, unsampled.stderr
+    assert sum(v for _, v in rows(run, "ntokens")) > sum(v for _, v in rows(plain, "ntokens"))
+
+
+def test_subword_sampler_keeps_text_and_is_seeded(prepared):
+    import sentencepiece as spm
+
+    from mtcli.dataset import SPECIAL, load_pair
+    from mtcli.subword import SubwordSampler, epoch_seed
+    from mtcli.tokenizer import Tokenizer
+
+    manifest = json.loads((prepared / "data" / "manifest.json").read_text())
+    src, _ = load_pair(prepared / "data", "train", manifest["dtype"])
+    model = prepared / "data" / "spm.model"
+    n = 300
+    head = type("Head", (), {"__len__": lambda self: n, "__getitem__": lambda self, i: src[i]})()
+    sampler = SubwordSampler(head, model, alpha=0.1, nbest=8)
+    a, b, c = (sampler.sample(epoch_seed(1, e, 0)) for e in (1, 1, 2))
+    assert len(a) == n and np.array_equal(a.lengths, b.lengths) and np.array_equal(a.ids, b.ids)
+    assert not np.array_equal(a.ids, c.ids)
+    tok = Tokenizer(prepared / "data")
+    stored = tok.decode_tgt([src[i].tolist() for i in range(n)])
+    assert tok.decode_tgt([a[i].tolist() for i in range(n)]) == stored
+    assert sum(not np.array_equal(a[i], src[i]) for i in range(n)) > n // 2
+    # a very peaked distribution gives back the best (stored) segmentation
+    peaked = SubwordSampler(head, model, alpha=1000.0, nbest=8).sample(epoch_seed(1, 1, 0))
+    assert all(np.array_equal(peaked[i], src[i]) for i in range(n))
+    # draws follow P(segmentation)^alpha over the n-best, P from the piece log-probabilities
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    one = type("One", (), {"__len__": lambda self: 1, "__getitem__": lambda self, i: src[3]})()
+    nbest = sp.nbest_encode(stored[3], nbest_size=4)
+    logp = np.array([sum(sp.get_score(t) for t in cand) for cand in nbest])
+    expected = np.exp(0.5 * logp) / np.exp(0.5 * logp).sum()
+    one_sampler = SubwordSampler(one, model, alpha=0.5, nbest=4)
+    draws = [tuple(one_sampler.sample(epoch_seed(1, e, 0))[0]) for e in range(4000)]
+    seen = np.array([draws.count(tuple(cand)) / len(draws) for cand in nbest])
+    assert np.abs(seen - expected).max() < 0.03
+    # a sentence holding an unknown piece cannot round-trip through text: it keeps its stored ids
+    with_unk = [np.array([SPECIAL["unk_id"], *src[0]]), src[1]]
+    fake = type("Fake", (), {"__len__": lambda self: 2, "__getitem__": lambda self, i: with_unk[i]})()
+    kept = SubwordSampler(fake, model, alpha=0.1, nbest=8).sample(epoch_seed(1, 1, 0))
+    assert np.array_equal(kept[0], with_unk[0])
+
+
 def test_sigint_saves_and_resumes(run):
     cmd = [sys.executable, "-m", "mtcli", "train", str(TINY), "--set", f"run_dir={run}",
            "--set", "train.max_steps=100000", "--set", "train.log_every=1", "--set", "train.save_every=100000",
