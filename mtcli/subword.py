@@ -20,18 +20,12 @@ from mtcli.dataset import SPECIAL, Split, ids_dtype
 from mtcli.errors import MtcliError
 
 
-class SampledSplit:
-    """One side of an epoch's sampled training data; indexes like `dataset.Split`."""
+class SampledSplit(Split):
+    """One side of an epoch's sampled training data, held in memory (indexes like `Split`)."""
 
     def __init__(self, ids: np.ndarray, lengths: np.ndarray):
         self.ids, self.lengths = ids, lengths
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.ids[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64)
 
 
 class SubwordSampler:
@@ -63,7 +57,7 @@ class SubwordSampler:
         if nonempty.any():
             self.logits[nonempty] = alpha * np.add.reduceat(piece_scores[self.ids], self.tok_start[nonempty])
 
-    def sample(self, seed: int) -> SampledSplit:
+    def sample(self, seed: np.random.SeedSequence | int) -> SampledSplit:
         """One segmentation per sentence, drawn by the Gumbel-max trick from a seeded generator."""
         noisy = self.logits + np.random.default_rng(seed).gumbel(size=len(self.logits))
         order = np.lexsort((-noisy, self.sentence))
