@@ -124,13 +124,16 @@ def check_steps(name: str, steps: set[int]) -> int:
 # ----------------------------------------------------------------------------- CTranslate2 child
 
 
-def ct2_worker(model_dir: str, tokens_file: str, out_file: str) -> None:
-    """Child process: time a converted model on the given token batches (torch never imported)."""
+def ct2_worker(model_dir: str, tokens_file: str, out_file: str, inter: str = "1") -> None:
+    """Child process: time a converted model on the given token batches (torch never imported).
+    With inter > 1, `inter` workers of THREADS // inter threads each take whole batches at once."""
     import ctranslate2
 
     batches = json.loads(Path(tokens_file).read_text())
     n = sum(len(b) for b in batches)
-    translator = ctranslate2.Translator(model_dir, device="cpu", inter_threads=1, intra_threads=THREADS)
+    inter_threads = int(inter)
+    translator = ctranslate2.Translator(model_dir, device="cpu", inter_threads=inter_threads,
+                                        intra_threads=max(1, THREADS // inter_threads))  # fmt: skip
     opts = dict(
         beam_size=BEAM, max_batch_size=BATCH, min_decoding_length=STEPS,
         max_decoding_length=STEPS, return_end_token=True, length_penalty=1.0,
@@ -138,11 +141,15 @@ def ct2_worker(model_dir: str, tokens_file: str, out_file: str) -> None:
     steps: set[int] = set()
 
     def one_pass():
-        for batch in batches:
-            for res in translator.translate_batch(batch, **opts):
-                # With return_end_token the hypothesis lists every token the decoder produced
-                # (EOS included when it was produced), i.e. one token per decoder step.
-                steps.add(len(res.hypotheses[0]))
+        if inter_threads > 1:  # all batches queued at once, results collected in order
+            pending = [translator.translate_batch(batch, asynchronous=True, **opts) for batch in batches]
+            results = [r.result() for batch in pending for r in batch]
+        else:
+            results = [r for batch in batches for r in translator.translate_batch(batch, **opts)]
+        for res in results:
+            # With return_end_token the hypothesis lists every token the decoder produced
+            # (EOS included when it was produced), i.e. one token per decoder step.
+            steps.add(len(res.hypotheses[0]))
 
     warm = translator.translate_batch(batches[0], **opts)  # warm-up
     result = median_run(one_pass, n)
@@ -199,10 +206,10 @@ def convert_ct2(hf_model, pieces: list[str], out_dir: Path, quantization: str) -
     Converter(str(hf_dir)).convert(str(out_dir), quantization=quantization, force=True)
 
 
-def run_ct2(model_dir: Path, token_batches: list[list[list[str]]], work: Path) -> dict:
-    tokens_file, out_file = work / "tokens.json", work / f"{model_dir.name}.result.json"
+def run_ct2(model_dir: Path, token_batches: list[list[list[str]]], work: Path, inter: int = 1) -> dict:
+    tokens_file, out_file = work / "tokens.json", work / f"{model_dir.name}.{inter}.result.json"
     tokens_file.write_text(json.dumps(token_batches))
-    cmd = [sys.executable, __file__, "--ct2-worker", str(model_dir), str(tokens_file), str(out_file)]
+    cmd = [sys.executable, __file__, "--ct2-worker", str(model_dir), str(tokens_file), str(out_file), str(inter)]
     subprocess.run(cmd, check=True)
     return json.loads(out_file.read_text())
 
@@ -293,15 +300,18 @@ def forced_params(**kw):
 # ----------------------------------------------------------------------------- the systems
 
 
-def bench_mtcli(model, batches, n: int, name: str = "mtcli") -> dict:
+def bench_mtcli(model, batches, n: int, name: str = "mtcli", workers: int = 1) -> dict:
+    """Fixed batches in input order; with workers > 1 they are searched `workers` at a time
+    (`mtcli.translate.parallel_map`, what decode.workers does), THREADS // workers threads each."""
     from mtcli.search import beam_search
+    from mtcli.translate import parallel_map
 
     params = forced_params()
     steps: set[int] = set()
 
     def one_pass():
-        for src in batches:
-            for hyps in beam_search(model, src, params):
+        for found in parallel_map(lambda src: beam_search(model, src, params), batches, workers):
+            for hyps in found:
                 steps.add(len(hyps[0].tokens) + 1)  # tokens + the EOS the last step produced
 
     beam_search(model, batches[0], params)  # warm-up
@@ -310,12 +320,13 @@ def bench_mtcli(model, batches, n: int, name: str = "mtcli") -> dict:
     return result
 
 
-def bench_mtcli_budget(model, sp_dir: Path, lines: list[str], budget: int, repeats: int = REPEATS) -> dict:
+def bench_mtcli_budget(model, sp_dir: Path, lines: list[str], budget: int, repeats: int = REPEATS,
+                       workers: int = 1) -> dict:  # fmt: skip
     """mtcli's own Translator: length-sorted token-budget batches, same forced length."""
     from mtcli.tokenizer import Tokenizer
     from mtcli.translate import Translator
 
-    translator = Translator(model, Tokenizer(sp_dir), forced_params(), max_tokens=budget)
+    translator = Translator(model, Tokenizer(sp_dir), forced_params(), max_tokens=budget, workers=workers)
     steps: set[int] = set()
 
     def one_pass():
@@ -466,7 +477,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile one mtcli pass and exit")
     ap.add_argument("--real-only", action="store_true",
                     help="only the --model part; its result is merged into an existing --out file")  # fmt: skip
-    ap.add_argument("--ct2-worker", nargs=3, metavar=("MODEL_DIR", "TOKENS", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="also time mtcli (decode.workers) and CTranslate2 (inter_threads) with this many "
+                         "workers of THREADS // workers threads each; 1: leave these rows out")  # fmt: skip
+    ap.add_argument("--ct2-worker", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ct2_worker:
         return ct2_worker(*args.ct2_worker)
@@ -512,6 +526,10 @@ def main(argv: list[str] | None = None) -> None:
     fast = fast_model(model)
     systems["mtcli"] = bench_mtcli(fast, batches, n)
     log("mtcli")
+    workers = args.workers
+    if workers > 1:
+        systems[f"mtcli {workers} workers"] = bench_mtcli(fast, batches, n, f"mtcli {workers} workers", workers)
+        log(f"mtcli {workers} workers")
     if "nofast" not in skip:
         systems["mtcli no fast path"] = bench_mtcli(plain_model(model), batches, n, "mtcli no fast path")
         log("mtcli no fast path")
@@ -520,6 +538,10 @@ def main(argv: list[str] | None = None) -> None:
         quantized = fast_model(model, int8=True)
         systems["mtcli int8"] = bench_mtcli(quantized, batches, n)
         log("mtcli int8")
+        if workers > 1:
+            name = f"mtcli int8 {workers} workers"
+            systems[name] = bench_mtcli(quantized, batches, n, name, workers)
+            log(name)
     hf = hf_model()
     if "hf" not in skip:
         systems["hf generate"] = bench_hf(hf, batches, n)
@@ -533,6 +555,11 @@ def main(argv: list[str] | None = None) -> None:
             for name in ("ct2 fp32", "ct2 int8"):
                 systems[name] = run_ct2(work / name.replace(" ", "-"), token_batches, work)
                 log(name)
+                if workers > 1:
+                    inter = f"{name} {workers} workers"
+                    systems[inter] = run_ct2(work / name.replace(" ", "-"), token_batches, work, workers)
+                    systems[inter].pop("first_batch")
+                    log(inter)
         if "hf generate" in systems:  # the converted model must be the same model: same output
             hf_first = [[pieces[t] for t in row] for row in systems["hf generate"].pop("first_batch_ids")]
             for name in ("ct2 fp32", "ct2 int8"):
@@ -557,8 +584,19 @@ def main(argv: list[str] | None = None) -> None:
         if quantized is not None:
             systems[f"mtcli int8 budget {best}"] = bench_mtcli_budget(quantized, sp_dir, lines, best)
             log(f"mtcli int8 budget {best}")
+        if workers > 1:  # its own scan: W batches at once may want smaller ones
+            scan = {b: bench_mtcli_budget(fast, sp_dir, lines, b, 1, workers)["median"]
+                    for b in map(int, args.budgets.split(","))}  # fmt: skip
+            print(f"  scan with {workers} workers: {scan}", flush=True)
+            budget_scan.update({f"{b} {workers} workers": {"median": v} for b, v in scan.items()})
+            wbest = max(scan, key=scan.get)
+            for label, net in (("mtcli", fast), ("mtcli int8", quantized)):
+                if net is not None:
+                    name = f"{label} budget {wbest} {workers} workers"
+                    systems[name] = bench_mtcli_budget(net, sp_dir, lines, wbest, workers=workers)
+                    log(name)
 
-    own = {k: v["median"] for k, v in systems.items() if k.startswith("mtcli budget")}  # fast path
+    own = {k: v["median"] for k, v in systems.items() if k.startswith("mtcli budget")}  # fast path, fp32
     best_own = max(own, key=own.get) if own else None
     ratios = {}
     for peer in ("hf generate", "ct2 fp32", "ct2 int8"):

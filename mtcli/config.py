@@ -228,6 +228,8 @@ class DecodeConfig(Strict):
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     int8: bool = False  # CPU only: int8 dynamic quantization of every projection (faster search)
+    # CPU only: batches searched at once, each by its own thread with torch's threads split among them.
+    workers: int = Field(1, ge=1)
 
 
 class Config(Strict):

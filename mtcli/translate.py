@@ -20,9 +20,10 @@ STDIN_CHUNK_LINES = 1000
 class Translator:
     """A model, its tokenizer and search settings: text lines in, hypotheses out."""
 
-    def __init__(self, model, tokenizer, params, max_tokens: int = 8000, device=None, warn=None):
+    def __init__(self, model, tokenizer, params, max_tokens: int = 8000, device=None, warn=None, workers: int = 1):
         self.model, self.tok, self.params = model, tokenizer, params
         self.max_tokens = max_tokens
+        self.workers = workers
         self.device = device or next(model.parameters()).device
         self.max_src = model.max_positions - 2  # room for EOS
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -57,9 +58,15 @@ class Translator:
         clean = [" ".join(line.split()) for line in lines]
         ids = self._encode(clean, first_line)
         out: list[list[dict]] = [[] for _ in lines]
-        for batch in self._batches(ids):
+
+        def search(batch: list[int]):
             src = pad_batch([ids[i] for i in batch], self.params.pad_id, suffix=self.params.eos_id)
-            hyps = beam_search(self.model, src.to(self.device), self.params)
+            return beam_search(self.model, src.to(self.device), self.params)
+
+        batches = list(self._batches(ids))
+        # Sampling draws from torch's global generator: keep its order fixed with one worker.
+        workers = 1 if self.params.sampling or str(self.device) != "cpu" else self.workers
+        for batch, hyps in zip(batches, parallel_map(search, batches, workers)):
             texts = self.tok.decode_tgt([h.tokens for hs in hyps for h in hs])
             it = iter(texts)
             for i, hs in zip(batch, hyps):
@@ -69,6 +76,28 @@ class Translator:
                     for h in hs
                 ]  # fmt: skip
         return out
+
+
+def parallel_map(fn, items: list, workers: int) -> Iterator:
+    """fn over items, in order. With W > 1 workers on CPU, W threads each run whole batches with
+    T // W intra-op threads (T = torch's thread count, restored afterwards): a beam-search step is
+    many small operations that split poorly across cores, and torch releases the GIL inside them."""
+    if workers <= 1 or len(items) < 2:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    total = torch.get_num_threads()
+    per_worker = max(1, total // workers)
+    torch.set_num_threads(per_worker)
+    try:
+        # Each thread sets its own count too: OpenMP and MKL keep it per thread.
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(per_worker,)) as pool:
+            yield from pool.map(fn, items)
+    finally:
+        torch.set_num_threads(total)
 
 
 def search_params(decode_cfg, tok, beam: int | None = None, nbest: int | None = None):
@@ -109,7 +138,8 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
         raw = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
         cfg = config_from_dict(raw, "--set")
     params = search_params(cfg.decode, tok, beam, nbest)
-    return Translator(inference_model(net, device, cfg.decode.int8), tok, params, cfg.decode.max_tokens, device)
+    return Translator(inference_model(net, device, cfg.decode.int8), tok, params, cfg.decode.max_tokens, device,
+                      workers=cfg.decode.workers)  # fmt: skip
 
 
 def inference_model(net, device, int8: bool = False):

@@ -159,3 +159,42 @@ def test_int8_is_not_packed(bundle):
     q = load_translator(bundle, device="cpu", int8=True)
     assert packed_count(q.model) == 0
     assert any("quantized" in type(m).__module__ for m in q.model.modules())
+
+
+def test_parallel_map_runs_workers_concurrently_in_order():
+    import threading
+
+    import torch
+
+    from mtcli.translate import parallel_map
+
+    total = torch.get_num_threads()
+    barrier = threading.Barrier(2, timeout=30)  # passes only if two items run at the same time
+    seen = []
+
+    def fn(x):
+        barrier.wait()
+        seen.append(torch.get_num_threads())
+        return x * 10
+
+    assert list(parallel_map(fn, [1, 2, 3, 4], workers=2)) == [10, 20, 30, 40]
+    assert seen == [max(1, total // 2)] * 4
+    assert torch.get_num_threads() == total
+    assert list(parallel_map(lambda x: x + 1, [1, 2], workers=1)) == [2, 3]
+
+
+def test_workers_translate_the_same_in_input_order(bundle, tmp_path):
+    from mtcli.translate import load_translator
+
+    lines = ["A man is walking.", "Two dogs play in the snow.", "", "A girl with a red hat sings a song.",
+             "People sit on a bench.", "A boy jumps.", "Three women wait for the bus in the rain."]
+    one = load_translator(bundle, beam=3, nbest=2, device="cpu", overrides=["decode.max_tokens=24"])
+    two = load_translator(bundle, beam=3, nbest=2, device="cpu",
+                          overrides=["decode.max_tokens=24", "decode.workers=2"])
+    assert two.workers == 2 and len(list(two._batches(two._encode(lines, 1)))) >= 4
+    assert two.translate(lines) == one.translate(lines)
+    src = tmp_path / "src.en"
+    src.write_text("\n".join(lines) + "\n")
+    cli = translate(bundle, "-i", str(src), "--beam", "3", "--set", "decode.workers=2", "--set", "decode.max_tokens=24")
+    assert cli.returncode == 0, cli.stderr.decode()
+    assert cli.stdout.decode().splitlines() == [h[0]["text"] if h else "" for h in one.translate(lines)]
