@@ -384,13 +384,14 @@ def profile_mtcli(model, batches) -> None:
 # ----------------------------------------------------------------------------- trained model
 
 
-def bench_real(model_path: Path, lines: list[str], with_int8: bool = True) -> dict:
+def bench_real(model_path: Path, lines: list[str], with_int8: bool = True, workers: int = 2) -> dict:
     """Sentences/s of a trained bundle at beam 5 with its own decode settings and real lengths.
 
     Batches of 64 sentences in input order, and its own token-budget batching (decode.max_tokens),
     both as `mtcli translate` loads the model (CPU fast path), and token budgets without the fast
     path; with `mtcli.quantize` also the int8 model (`--int8`) under token-budget batching and how
-    many of its translations are identical to the float32 ones.
+    many of its translations are identical to the float32 ones; with workers > 1 also token
+    budgets searched by that many workers (decode.workers).
     """
     from mtcli.batching import pad_batch
     from mtcli.fastlinear import ENV
@@ -428,6 +429,13 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True) -> di
     result["budget_no_fast_path"] = budget(plain, "fp32 no fast path")
     same = sum(a == b for a, b in zip(texts["fp32"], texts["fp32 no fast path"]))
     result["fast_path_identical_translations"] = f"{same}/{len(lines)}"
+    if workers > 1:
+        par = load_translator(model_path, beam=BEAM, device="cpu",
+                              overrides=["decode.int8=false", f"decode.workers={workers}"])  # fmt: skip
+        result["workers"] = workers
+        result["budget_workers"] = budget(par, "fp32 workers")
+        same = sum(a == b for a, b in zip(texts["fp32"], texts["fp32 workers"]))
+        result["workers_identical_translations"] = f"{same}/{len(lines)}"
     if with_int8:
         try:
             q = load_translator(model_path, beam=BEAM, device="cpu", int8=True)
@@ -443,13 +451,16 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True) -> di
     return result
 
 
-def real_part(model_path: Path, lines: list[str], with_int8: bool) -> dict:
-    real = bench_real(model_path, lines, with_int8)
+def real_part(model_path: Path, lines: list[str], with_int8: bool, workers: int = 2) -> dict:
+    real = bench_real(model_path, lines, with_int8, workers)
     print(f"\nreal throughput ({model_path}, beam {BEAM}, mean output {real['mean_output_tokens']:.1f} tokens):")
     print(f"  batches of 64             {real['batch64']['median']:7.1f} sent/s")
     print(f"  token budget {real['max_tokens']:<6}       {real['budget']['median']:7.1f} sent/s")
     print(f"  same, no fast path        {real['budget_no_fast_path']['median']:7.1f} sent/s "
           f"(identical translations {real['fast_path_identical_translations']})")  # fmt: skip
+    if "budget_workers" in real:
+        print(f"  same, {real['workers']} workers         {real['budget_workers']['median']:7.1f} sent/s "
+              f"(identical translations {real['workers_identical_translations']})")  # fmt: skip
     if "int8_budget" in real:
         print(f"  int8, token budget {real['max_tokens']:<6} {real['int8_budget']['median']:7.1f} sent/s "
               f"(identical translations {real['int8_identical_translations']})")  # fmt: skip
@@ -503,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.model is None:
             raise SystemExit("--real-only needs --model PATH")
         result = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        result["real"] = real_part(args.model, lines, "int8" not in skip)
+        result["real"] = real_part(args.model, lines, "int8" not in skip, args.workers)
         if not args.limit:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -630,7 +641,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.time() - started, 1),
     }
     if args.model is not None:
-        result["real"] = real_part(args.model, lines, "int8" not in skip)
+        result["real"] = real_part(args.model, lines, "int8" not in skip, args.workers)
     if not args.limit:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
