@@ -398,10 +398,11 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True, worke
     from mtcli.search import beam_search
     from mtcli.translate import load_translator
 
-    tr = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.int8=false"])
+    one = ["decode.int8=false", "decode.workers=1"]
+    tr = load_translator(model_path, beam=BEAM, device="cpu", overrides=one)
     os.environ[ENV] = "0"
     try:
-        plain = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.int8=false"])
+        plain = load_translator(model_path, beam=BEAM, device="cpu", overrides=one)
     finally:
         del os.environ[ENV]
     ids = tr._encode([" ".join(line.split()) for line in lines], 1)
@@ -438,7 +439,7 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True, worke
         result["workers_identical_translations"] = f"{same}/{len(lines)}"
     if with_int8:
         try:
-            q = load_translator(model_path, beam=BEAM, device="cpu", int8=True)
+            q = load_translator(model_path, beam=BEAM, device="cpu", int8=True, overrides=["decode.workers=1"])
         except ImportError:
             q = None
         if q is not None:

@@ -20,7 +20,7 @@ STDIN_CHUNK_LINES = 1000
 class Translator:
     """A model, its tokenizer and search settings: text lines in, hypotheses out."""
 
-    def __init__(self, model, tokenizer, params, max_tokens: int = 8000, device=None, warn=None, workers: int = 1):
+    def __init__(self, model, tokenizer, params, max_tokens: int = 8000, device=None, warn=None, workers: int = 0):
         self.model, self.tok, self.params = model, tokenizer, params
         self.max_tokens = max_tokens
         self.workers = workers
@@ -82,6 +82,10 @@ def parallel_map(fn, items: list, workers: int) -> Iterator:
     """fn over items, in order. With W > 1 workers on CPU, W threads each run whole batches with
     T // W intra-op threads (T = torch's thread count, restored afterwards): a beam-search step is
     many small operations that split poorly across cores, and torch releases the GIL inside them."""
+    if workers == 0:
+        import torch
+
+        workers = 2 if torch.get_num_threads() >= 2 else 1
     if workers <= 1 or len(items) < 2:
         yield from map(fn, items)
         return

@@ -188,7 +188,7 @@ def test_workers_translate_the_same_in_input_order(bundle, tmp_path):
 
     lines = ["A man is walking.", "Two dogs play in the snow.", "", "A girl with a red hat sings a song.",
              "People sit on a bench.", "A boy jumps.", "Three women wait for the bus in the rain."]
-    one = load_translator(bundle, beam=3, nbest=2, device="cpu", overrides=["decode.max_tokens=24"])
+    one = load_translator(bundle, beam=3, nbest=2, device="cpu", overrides=["decode.max_tokens=24", "decode.workers=1"])
     two = load_translator(bundle, beam=3, nbest=2, device="cpu",
                           overrides=["decode.max_tokens=24", "decode.workers=2"])
     assert two.workers == 2 and len(list(two._batches(two._encode(lines, 1)))) >= 4
