@@ -81,19 +81,18 @@ class Translator:
 def parallel_map(fn, items: list, workers: int) -> Iterator:
     """fn over items, in order. With W > 1 workers on CPU, W threads each run whole batches with
     T // W intra-op threads (T = torch's thread count, restored afterwards): a beam-search step is
-    many small operations that split poorly across cores, and torch releases the GIL inside them."""
-    if workers == 0:
-        import torch
+    many small operations that split poorly across cores, and torch releases the GIL inside them.
+    workers 0: 2 when torch has 2 or more threads, else 1."""
+    import torch
 
-        workers = 2 if torch.get_num_threads() >= 2 else 1
+    total = torch.get_num_threads()
+    if workers == 0:
+        workers = 2 if total >= 2 else 1
     if workers <= 1 or len(items) < 2:
         yield from map(fn, items)
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
-
-    total = torch.get_num_threads()
     per_worker = max(1, total // workers)
     torch.set_num_threads(per_worker)
     try:
