@@ -18,7 +18,8 @@ same number of beams:
   imports torch (min_decoding_length = max_decoding_length = 30).
 - mtcli's best: its own `Translator` (length-sorted token-budget batches) under the same forced
   length: one pass per budget in --budgets, then 3 at the fastest; and "mtcli int8"
-  (`mtcli.quantize`, fixed batches and the best budget).
+  (`mtcli.quantize`, fixed batches and the best budget); "mtcli bf16" likewise with bfloat16
+  linears (`decode.bf16`, only where the CPU has AVX512-BF16 or AMX).
 - --skip nofast leaves out the "no fast path" row (and its token-budget twin).
 
 Each system: one warm-up batch, then 3 timed passes over the 1,000 sentences; the median
@@ -29,7 +30,8 @@ more than 0.25 core is set aside and rerun (see `median_run`).
 Part 2 (only with --model PATH): real throughput of a trained mtcli bundle on test2016 with its
 own decode settings at beam 5 and real output lengths, batches of 64 sentences in input order
 and its token-budget batching (decode.max_tokens), plus int8 with token budgets and how many
-translations int8 leaves identical; median of 3 passes. --real-only runs just this part and
+translations int8 leaves identical, the same for bf16 (also with workers), and with --ref FILE
+the sacreBLEU of every variant; median of 3 passes. --real-only runs just this part and
 merges it into the existing --out file.
 
 The SentencePiece model comes from `run_prepare(configs/base.yaml, run_dir=runs/bench-base)`
@@ -251,15 +253,15 @@ def mtcli_model():
     ).eval()  # fmt: skip
 
 
-def fast_model(model, int8: bool = False):
+def fast_model(model, int8: bool = False, bf16: bool = False):
     """A copy of the model as `mtcli translate` runs it on CPU (fused q/k/v; pre-packed float32
-    linears when available, or int8 projections)."""
+    linears when available, or int8 projections, or with bf16 pre-packed bfloat16 linears)."""
     import copy
 
     from mtcli.fastlinear import packed_count
     from mtcli.translate import inference_model
 
-    fast = inference_model(copy.deepcopy(model), "cpu", int8)
+    fast = inference_model(copy.deepcopy(model), "cpu", int8, bf16)
     print(f"mtcli fast path: {packed_count(fast)} linears pre-packed", flush=True)
     return fast
 
@@ -384,21 +386,23 @@ def profile_mtcli(model, batches) -> None:
 # ----------------------------------------------------------------------------- trained model
 
 
-def bench_real(model_path: Path, lines: list[str], with_int8: bool = True, workers: int = 2) -> dict:
+def bench_real(model_path: Path, lines: list[str], with_int8: bool = True, workers: int = 2,
+               with_bf16: bool = True, refs: list[str] | None = None) -> dict:  # fmt: skip
     """Sentences/s of a trained bundle at beam 5 with its own decode settings and real lengths.
 
     Batches of 64 sentences in input order, and its own token-budget batching (decode.max_tokens),
     both as `mtcli translate` loads the model (CPU fast path), and token budgets without the fast
     path; with `mtcli.quantize` also the int8 model (`--int8`) under token-budget batching and how
-    many of its translations are identical to the float32 ones; with workers > 1 also token
-    budgets searched by that many workers (decode.workers).
+    many of its translations are identical to the float32 ones, likewise bfloat16 linears
+    (`--bf16`, where the CPU has them); with workers > 1 also token budgets searched by that many
+    workers (decode.workers). With `refs`, the sacreBLEU of each variant's translations.
     """
     from mtcli.batching import pad_batch
     from mtcli.fastlinear import ENV
     from mtcli.search import beam_search
     from mtcli.translate import load_translator
 
-    one = ["decode.int8=false", "decode.workers=1"]
+    one = ["decode.int8=false", "decode.bf16=false", "decode.workers=1"]
     tr = load_translator(model_path, beam=BEAM, device="cpu", overrides=one)
     os.environ[ENV] = "0"
     try:
@@ -432,28 +436,39 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True, worke
     result["fast_path_identical_translations"] = f"{same}/{len(lines)}"
     if workers > 1:
         par = load_translator(model_path, beam=BEAM, device="cpu",
-                              overrides=["decode.int8=false", f"decode.workers={workers}"])  # fmt: skip
+                              overrides=[*one[:2], f"decode.workers={workers}"])  # fmt: skip
         result["workers"] = workers
         result["budget_workers"] = budget(par, "fp32 workers")
         same = sum(a == b for a, b in zip(texts["fp32"], texts["fp32 workers"]))
         result["workers_identical_translations"] = f"{same}/{len(lines)}"
-    if with_int8:
-        try:
-            q = load_translator(model_path, beam=BEAM, device="cpu", int8=True, overrides=["decode.workers=1"])
-        except ImportError:
-            q = None
-        if q is not None:
-            result["int8_budget"] = budget(q, "int8")
-            same = sum(a == b for a, b in zip(texts["fp32"], texts["int8"]))
-            result["int8_identical_translations"] = f"{same}/{len(lines)}"
+    from mtcli.fastlinear import bf16_supported
+
+    for name, wanted in (("int8", with_int8), ("bf16", with_bf16 and bf16_supported())):
+        if not wanted:
+            continue
+        kind = {"int8": name == "int8", "bf16": name == "bf16"}
+        q = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.workers=1"], **kind)
+        result[f"{name}_budget"] = budget(q, name)
+        same = sum(a == b for a, b in zip(texts["fp32"], texts[name]))
+        result[f"{name}_identical_translations"] = f"{same}/{len(lines)}"
+        if workers > 1 and name == "bf16":
+            par = load_translator(model_path, beam=BEAM, device="cpu", bf16=True,
+                                  overrides=[f"decode.workers={workers}"])  # fmt: skip
+            result["bf16_budget_workers"] = budget(par, "bf16 workers")
+    if refs is not None:
+        import sacrebleu
+
+        refs = refs[: len(lines)]  # --limit
+        result["bleu"] = {k: round(sacrebleu.corpus_bleu(v, [refs]).score, 2) for k, v in texts.items()}
     result["mean_output_tokens"] = sum(out_lens) / len(out_lens)
     keys = ("beam_size", "length_penalty", "max_len_a", "max_len_b", "min_len")
     result["decode"] = {k: getattr(tr.params, k) for k in keys}
     return result
 
 
-def real_part(model_path: Path, lines: list[str], with_int8: bool, workers: int = 2) -> dict:
-    real = bench_real(model_path, lines, with_int8, workers)
+def real_part(model_path: Path, lines: list[str], with_int8: bool, workers: int = 2, with_bf16: bool = True,
+              refs: list[str] | None = None) -> dict:  # fmt: skip
+    real = bench_real(model_path, lines, with_int8, workers, with_bf16, refs)
     print(f"\nreal throughput ({model_path}, beam {BEAM}, mean output {real['mean_output_tokens']:.1f} tokens):")
     print(f"  batches of 64             {real['batch64']['median']:7.1f} sent/s")
     print(f"  token budget {real['max_tokens']:<6}       {real['budget']['median']:7.1f} sent/s")
@@ -462,9 +477,14 @@ def real_part(model_path: Path, lines: list[str], with_int8: bool, workers: int 
     if "budget_workers" in real:
         print(f"  same, {real['workers']} workers         {real['budget_workers']['median']:7.1f} sent/s "
               f"(identical translations {real['workers_identical_translations']})")  # fmt: skip
-    if "int8_budget" in real:
-        print(f"  int8, token budget {real['max_tokens']:<6} {real['int8_budget']['median']:7.1f} sent/s "
-              f"(identical translations {real['int8_identical_translations']})")  # fmt: skip
+    for name in ("int8", "bf16"):
+        if f"{name}_budget" in real:
+            print(f"  {name}, token budget {real['max_tokens']:<6} {real[f'{name}_budget']['median']:7.1f} sent/s "
+                  f"(identical translations {real[f'{name}_identical_translations']})")  # fmt: skip
+    if "bf16_budget_workers" in real:
+        print(f"  bf16, {real['workers']} workers         {real['bf16_budget_workers']['median']:7.1f} sent/s")
+    if "bleu" in real:
+        print(f"  sacreBLEU against --ref: {real['bleu']}")
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {"model": str(model_path), "date": date, "load_average": os.getloadavg(), **real}
 
@@ -485,7 +505,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budgets", default="2000,4000,8000", help="token budgets for mtcli's own batching")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "translate_speed.json")
     ap.add_argument("--limit", type=int, default=0, help="only the first N sentences (quick checks)")
-    ap.add_argument("--skip", default="", help="comma list of systems to leave out: hf,ct2,budget,int8")
+    ap.add_argument("--skip", default="", help="comma list of systems to leave out: hf,ct2,budget,int8,bf16,nofast")
+    ap.add_argument("--ref", type=Path, help="references (plain or .gz) for the real part's sacreBLEU")
     ap.add_argument("--profile", action="store_true", help="cProfile one mtcli pass and exit")
     ap.add_argument("--real-only", action="store_true",
                     help="only the --model part; its result is merged into an existing --out file")  # fmt: skip
@@ -501,6 +522,10 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(THREADS)
     skip = set(filter(None, args.skip.split(",")))
+    refs = None
+    if args.ref:
+        with (gzip.open if args.ref.suffix == ".gz" else open)(args.ref, "rt", encoding="utf-8") as f:
+            refs = [line.rstrip("\n") for line in f]
     sp, pieces, lines, ids = spm_data()
     if args.limit:
         lines, ids = lines[: args.limit], ids[: args.limit]
@@ -515,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.model is None:
             raise SystemExit("--real-only needs --model PATH")
         result = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        result["real"] = real_part(args.model, lines, "int8" not in skip, args.workers)
+        result["real"] = real_part(args.model, lines, "int8" not in skip, args.workers, "bf16" not in skip, refs)
         if not args.limit:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -553,6 +578,17 @@ def main(argv: list[str] | None = None) -> None:
         if workers > 1:
             name = f"mtcli int8 {workers} workers"
             systems[name] = bench_mtcli(quantized, batches, n, name, workers)
+            log(name)
+    from mtcli.fastlinear import bf16_supported
+
+    bf16 = None
+    if "bf16" not in skip and bf16_supported():
+        bf16 = fast_model(model, bf16=True)
+        systems["mtcli bf16"] = bench_mtcli(bf16, batches, n, "mtcli bf16")
+        log("mtcli bf16")
+        if workers > 1:
+            name = f"mtcli bf16 {workers} workers"
+            systems[name] = bench_mtcli(bf16, batches, n, name, workers)
             log(name)
     hf = hf_model()
     if "hf" not in skip:
@@ -593,16 +629,17 @@ def main(argv: list[str] | None = None) -> None:
         if "nofast" not in skip:
             systems[f"mtcli no fast path budget {best}"] = bench_mtcli_budget(model, sp_dir, lines, best)
             log(f"mtcli no fast path budget {best}")
-        if quantized is not None:
-            systems[f"mtcli int8 budget {best}"] = bench_mtcli_budget(quantized, sp_dir, lines, best)
-            log(f"mtcli int8 budget {best}")
+        for label, net in (("mtcli int8", quantized), ("mtcli bf16", bf16)):
+            if net is not None:
+                systems[f"{label} budget {best}"] = bench_mtcli_budget(net, sp_dir, lines, best)
+                log(f"{label} budget {best}")
         if workers > 1:  # its own scan: W batches at once may want smaller ones
             scan = {b: bench_mtcli_budget(fast, sp_dir, lines, b, 1, workers)["median"]
                     for b in map(int, args.budgets.split(","))}  # fmt: skip
             print(f"  scan with {workers} workers: {scan}", flush=True)
             budget_scan.update({f"{b} {workers} workers": {"median": v} for b, v in scan.items()})
             wbest = max(scan, key=scan.get)
-            for label, net in (("mtcli", fast), ("mtcli int8", quantized)):
+            for label, net in (("mtcli", fast), ("mtcli int8", quantized), ("mtcli bf16", bf16)):
                 if net is not None:
                     name = f"{label} budget {wbest} {workers} workers"
                     systems[name] = bench_mtcli_budget(net, sp_dir, lines, wbest, workers=workers)
@@ -642,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.time() - started, 1),
     }
     if args.model is not None:
-        result["real"] = real_part(args.model, lines, "int8" not in skip, args.workers)
+        result["real"] = real_part(args.model, lines, "int8" not in skip, args.workers, "bf16" not in skip, refs)
     if not args.limit:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -93,6 +93,7 @@ def translate(
     nbest: int | None = typer.Option(None, "--nbest", "-n", min=1, help="Hypotheses per input."),
     format: str = typer.Option("text", "--format", "-f", help="Output format: text or jsonl."),
     int8: bool = typer.Option(False, "--int8", help="int8-quantize the model for faster CPU search."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 GEMMs (CPUs with AVX512-BF16/AMX, GPUs)."),
     overrides: list[str] | None = typer.Option(
         None, "--set", "-s", metavar="KEY=VALUE", help="Override decode settings, e.g. decode.length_penalty=0.6."
     ),
@@ -102,7 +103,7 @@ def translate(
 
     run_translate(
         text=text or [], model=model, input=input, output=output, beam=beam, nbest=nbest,
-        fmt=format, overrides=overrides or [], int8=int8,
+        fmt=format, overrides=overrides or [], int8=int8, bf16=bf16,
     )  # fmt: skip
 
 

@@ -228,6 +228,9 @@ class DecodeConfig(Strict):
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     int8: bool = False  # CPU only: int8 dynamic quantization of every projection (faster search)
+    # bfloat16 GEMMs with float32 accumulation (CPU: AVX512-BF16 or AMX, else a warning and float32;
+    # GPU: the whole model in bfloat16). Scores stay float32; a translation may change slightly.
+    bf16: bool = False
     # CPU only: batches searched at once, each by its own thread with torch's threads split among
     # them; 0: 2 when torch has 2 or more threads (1.05-1.23x faster on 2 cores, same output), else 1.
     workers: int = Field(0, ge=0)

@@ -7,6 +7,14 @@ the development VM that ran the decoder's GEMMs at 186-223 GFLOP/s against 141-1
 `nn.Linear` (docs/BENCHMARKS.md, issue 5). It is still float32 (same math, another summation
 order), so translations match the unpacked model up to rounding.
 
+With `bf16=True` (`decode.bf16`) the weights are packed in bfloat16 and each linear multiplies
+bfloat16 inputs with float32 accumulation, its output back in float32 (the residual stream, norms,
+attention, the cache and the scores stay float32); CPUs with AVX512-BF16 or AMX run those GEMMs
+about twice as fast. Rounding inputs and weights to 8 significant bits can change a translation.
+
+In both, a ReLU feed-forward's first linear applies the ReLU itself (a oneDNN post-op) and hands
+its output to the second linear in the GEMM's dtype.
+
 `MTCLI_FAST_LINEAR=0` turns it off. Without the oneDNN ops, off the CPU, or for other dtypes the
 model is returned unchanged.
 """
@@ -17,6 +25,7 @@ import copy
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ENV = "MTCLI_FAST_LINEAR"
@@ -37,32 +46,51 @@ def available() -> bool:
         return False
 
 
+def bf16_supported() -> bool:
+    """True when oneDNN can run bfloat16 GEMMs in hardware here (AVX512-BF16 or AMX)."""
+    try:
+        return available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def enabled() -> bool:
     """False when $MTCLI_FAST_LINEAR is 0/false/no/off."""
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class PackedLinear(nn.Module):
-    """`y = x W^T + b` through oneDNN with W reordered once (inference only, float32, CPU)."""
+    """`y = x W^T + b` through oneDNN with W reordered once (inference only, CPU).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, batch_hint: int = BATCH_HINT):
+    `dtype` is the GEMM's (float32, or bfloat16 with float32 accumulation); the output is float32
+    unless `keep_dtype`. `relu` applies max(0, y) inside the GEMM.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, batch_hint: int = BATCH_HINT,
+                 dtype: torch.dtype = torch.float32, relu: bool = False, keep_dtype: bool = False):  # fmt: skip
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        self.dtype, self.relu, self.keep_dtype = dtype, relu, keep_dtype
         # Plain attributes, not buffers: an opaque oneDNN tensor cannot be moved, copied or saved.
-        w = weight.detach().contiguous()
+        w = weight.detach().to(dtype).contiguous()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w, batch_hint)
-        self.bias = None if bias is None else bias.detach().clone()
+        self.bias = None if bias is None else bias.detach().float().clone()  # oneDNN adds it in float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias,
+                                               "relu" if self.relu else "none", [], "")  # fmt: skip
+        return y if self.keep_dtype else y.float()
 
     def __deepcopy__(self, memo) -> PackedLinear:
         # An opaque oneDNN tensor has no storage to copy: repack from its dense form.
-        return PackedLinear(self.packed.to_dense(), copy.deepcopy(self.bias, memo))
+        return PackedLinear(self.packed.to_dense(), copy.deepcopy(self.bias, memo), dtype=self.dtype,
+                            relu=self.relu, keep_dtype=self.keep_dtype)  # fmt: skip
 
     def extra_repr(self) -> str:
         bias = self.bias is not None
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, dtype={dtype}" + (
+            ", relu" if self.relu else "")
 
 
 def _packable(model: nn.Module) -> bool:
@@ -70,26 +98,38 @@ def _packable(model: nn.Module) -> bool:
     return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
 
 
-def _packed_replacements(model: nn.Module) -> dict[str, PackedLinear]:
-    """Qualified name -> packed replacement for every plain `nn.Linear` and a tied output projection."""
+def _packed_replacements(model: nn.Module, dtype: torch.dtype) -> dict[str, nn.Module]:
+    """Qualified name -> replacement: a packed copy of every plain `nn.Linear` and of a tied output
+    projection; a ReLU feed-forward's first linear fuses the ReLU (its activation becomes Identity)."""
+    from mtcli.layers import FeedForward
+
     # Exact type: quantized linears and other subclasses are left alone.
-    out = {name: PackedLinear(m.weight, m.bias) for name, m in model.named_modules() if type(m) is nn.Linear}
+    out: dict[str, nn.Module] = {
+        name: PackedLinear(m.weight, m.bias, dtype=dtype) for name, m in model.named_modules() if type(m) is nn.Linear
+    }
+    for name, ff in model.named_modules():
+        if isinstance(ff, FeedForward) and ff.activation is F.relu and type(ff.linear1) is nn.Linear:
+            prefix = f"{name}." if name else ""
+            out[prefix + "linear1"] = PackedLinear(ff.linear1.weight, ff.linear1.bias, dtype=dtype, relu=True,
+                                                   keep_dtype=True)  # fmt: skip
+            out[prefix + "activation"] = nn.Identity()
     if getattr(model, "output_proj", False) is None and hasattr(model, "tgt_embed"):
-        out["output_proj"] = PackedLinear(model.tgt_embed.tokens.weight)  # tied: F.linear on the embedding
+        # tied: F.linear on the embedding
+        out["output_proj"] = PackedLinear(model.tgt_embed.tokens.weight, dtype=dtype)
     return out
 
 
-def pack_linears(model: nn.Module, inplace: bool = False) -> nn.Module:
+def pack_linears(model: nn.Module, inplace: bool = False, bf16: bool = False) -> nn.Module:
     """`model` (or a copy) with every linear on packed weights; `model` unchanged when not possible.
 
     With tied embeddings (`output_proj is None`) the output projection becomes a packed copy of the
     target embedding matrix and the embedding lookup keeps the original. The result is for
     inference only: the packed modules hold no parameters (no training, no state_dict of them).
     """
-    if not (enabled() and available() and _packable(model)):
+    if not (enabled() and available() and _packable(model)) or (bf16 and not bf16_supported()):
         return model
     try:
-        swaps = _packed_replacements(model)
+        swaps = _packed_replacements(model, torch.bfloat16 if bf16 else torch.float32)
     except RuntimeError:  # a oneDNN build that refuses these shapes: keep plain float32
         return model
     fast = model if inplace else copy.deepcopy(model)

@@ -124,7 +124,8 @@ def resolve_model_path(model: Path | None) -> Path:
     return Path(os.environ.get("MTCLI_MODEL") or "runs/latest")
 
 
-def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), device=None, int8=False) -> Translator:
+def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), device=None, int8=False,
+                    bf16=False) -> Translator:  # fmt: skip
     """Load a bundle and build a Translator with its decode settings plus overrides."""
     import torch
 
@@ -133,7 +134,7 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg, tok, _ = load_bundle(resolve_model_path(model), device)
-    overrides = [*overrides, "decode.int8=true"] if int8 else list(overrides)
+    overrides = [*overrides, *(["decode.int8=true"] if int8 else []), *(["decode.bf16=true"] if bf16 else [])]
     if overrides:
         bad = [o for o in overrides if not o.startswith("decode.")]
         if bad:
@@ -141,23 +142,40 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
         raw = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
         cfg = config_from_dict(raw, "--set")
     params = search_params(cfg.decode, tok, beam, nbest)
-    return Translator(inference_model(net, device, cfg.decode.int8), tok, params, cfg.decode.max_tokens, device,
-                      workers=cfg.decode.workers)  # fmt: skip
+    if cfg.decode.int8 and cfg.decode.bf16:
+        raise MtcliError("decode.int8 and decode.bf16 (--int8, --bf16) exclude each other: choose one")
+    net = inference_model(net, device, cfg.decode.int8, cfg.decode.bf16)
+    return Translator(net, tok, params, cfg.decode.max_tokens, device, workers=cfg.decode.workers)
 
 
-def inference_model(net, device, int8: bool = False):
+def inference_model(net, device, int8: bool = False, bf16: bool = False, warn=None):
     """The model as search runs it: fused q/k/v projections; on CPU also --int8 projections, or else
-    float32 linears on pre-packed weights ($MTCLI_FAST_LINEAR=0: off)."""
+    linears on pre-packed weights ($MTCLI_FAST_LINEAR=0: off), float32 or with --bf16 bfloat16.
+    On a GPU, --bf16 runs the whole model in bfloat16 (scores stay float32)."""
+    import torch
+
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     net = net.fuse_for_inference()
     if str(device) != "cpu":
+        if bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return net.to(torch.bfloat16)
+        if bf16:
+            warn(f"decode.bf16: no bfloat16 support on {device}; translating in float32")
         return net
     if int8:
         from mtcli.quantize import quantize_for_inference
 
         return quantize_for_inference(net)
-    from mtcli.fastlinear import pack_linears
+    from mtcli.fastlinear import bf16_supported, enabled, pack_linears, packed_count
 
-    return pack_linears(net, inplace=True)
+    if bf16 and not (enabled() and bf16_supported()):
+        why = "$MTCLI_FAST_LINEAR is off" if not enabled() else "this CPU has no AVX512-BF16 or AMX"
+        warn(f"decode.bf16: {why}; translating in float32")
+        bf16 = False
+    net = pack_linears(net, inplace=True, bf16=bf16)
+    if bf16 and not packed_count(net):
+        warn("decode.bf16: oneDNN refused the bfloat16 weights; translating in float32")
+    return net
 
 
 def translate_lines(lines: list[str], model: Path | None, beam: int | None = None) -> list[str]:
@@ -213,13 +231,13 @@ def _input_chunks(text: list[str], input: Path | None) -> Iterator[list[str]]:
         yield from read_chunks(sys.stdin.fileno(), "stdin", chunk_lines=STDIN_CHUNK_LINES)
 
 
-def run_translate(text, model, input, output, beam, nbest, fmt, overrides, int8=False) -> None:
+def run_translate(text, model, input, output, beam, nbest, fmt, overrides, int8=False, bf16=False) -> None:
     """The `mtcli translate` command."""
     if fmt not in ("text", "jsonl"):
         raise MtcliError(f"--format {fmt!r}: expected text or jsonl")
     if text and input is not None:
         raise MtcliError("give sentences as arguments or with -i FILE, not both")
-    translator = load_translator(model, beam, nbest, overrides, int8=int8)
+    translator = load_translator(model, beam, nbest, overrides, int8=int8, bf16=bf16)
     tmp = None
     if output is not None:
         tmp = output.with_name(f".{output.name}.tmp")

@@ -119,3 +119,51 @@ def test_beam_wider_than_vocabulary(beam):
     assert [len(h) for h in hyps] == [beam, beam]
     for hs in hyps:
         assert [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
+
+
+needs_bf16 = pytest.mark.skipif(not fastlinear.bf16_supported(), reason="no AVX512-BF16/AMX for oneDNN here")
+
+
+@needs_onednn
+def test_relu_fused_into_the_first_ffn_linear():
+    m = model()
+    fast = pack_linears(m)
+    ffs = [mod for mod in fast.modules() if type(mod).__name__ == "FeedForward"]
+    assert len(ffs) == 4
+    for ff in ffs:
+        assert ff.linear1.relu and ff.linear1.keep_dtype and isinstance(ff.activation, nn.Identity)
+        assert not ff.linear2.relu
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        ref = m.decoder[0].ff(x)
+        torch.testing.assert_close(fast.decoder[0].ff(x), ref, rtol=1e-5, atol=1e-5)
+    gelu = pack_linears(model(activation="gelu"))  # no fused post-op for GELU: left as it was
+    assert not any(getattr(mod, "relu", False) for mod in gelu.modules())
+    assert all(not isinstance(mod.activation, nn.Identity) for mod in gelu.modules() if hasattr(mod, "linear1"))
+
+
+@needs_bf16
+@pytest.mark.parametrize("tied", [True, False])
+def test_bf16_linears_close_to_float32(tied):
+    m = model(tie_output=tied, share_embeddings=tied)
+    fast = pack_linears(m, bf16=True)
+    packed = [mod for mod in fast.modules() if isinstance(mod, PackedLinear)]
+    assert len(packed) == N_LINEARS and all(p.dtype == torch.bfloat16 for p in packed)
+    src = random_src()
+    tgt = torch.cat([torch.full((len(src), 1), BOS), src[:, :-1]], 1)
+    with torch.no_grad():
+        ref, got = m(src, tgt), fast(src, tgt)
+    assert got.dtype == torch.float32
+    rel = float((got - ref).norm() / ref.norm())
+    assert 0 < rel < 0.02, rel  # rounded (not bit-equal), but close
+    assert got.argmax(-1).eq(ref.argmax(-1)).float().mean() > 0.9
+    again = copy.deepcopy(fast)  # repacked from the dense bfloat16 weights
+    assert all(p.dtype == torch.bfloat16 for p in again.modules() if isinstance(p, PackedLinear))
+    with torch.no_grad():
+        assert torch.equal(again(src, tgt), got)
+
+
+def test_bf16_without_hardware_support_is_left_alone(monkeypatch):
+    monkeypatch.setattr(fastlinear, "bf16_supported", lambda: False)
+    m = model()
+    assert pack_linears(m, bf16=True) is m and packed_count(m) == 0

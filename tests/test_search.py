@@ -142,3 +142,10 @@ def test_tiny_model_learns_to_reverse():
         opt.step()
     trained = bleu(m)
     assert untrained < 10 and trained > 80, (untrained, trained)
+    # The CPU inference paths of `mtcli translate` learn nothing new and lose nothing.
+    from mtcli import fastlinear
+
+    if fastlinear.available():
+        assert bleu(fastlinear.pack_linears(m)) == pytest.approx(trained, abs=1.0)
+    if fastlinear.bf16_supported():
+        assert bleu(fastlinear.pack_linears(m, bf16=True)) > 80

@@ -152,6 +152,40 @@ def test_cpu_fast_path_is_default_and_translates_the_same(bundle, monkeypatch, b
         assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=2e-4)
 
 
+def test_bf16_translation_and_its_errors(bundle, tmp_path):
+    from mtcli import fastlinear
+
+    src = tmp_path / "src.en"
+    src.write_text("A man is walking.\n\nTwo dogs play in the snow.\nA girl with a red hat.\n")
+    bf = translate(bundle, "-i", str(src), "--beam", "2", "--bf16")
+    assert bf.returncode == 0, bf.stderr.decode()
+    lines = bf.stdout.decode().split("\n")
+    assert len(lines) == 5 and lines[1] == "" and lines[-1] == "" and all(lines[i] for i in (0, 2, 3))
+    assert (b"decode.bf16" in bf.stderr) == (not fastlinear.bf16_supported())  # warned only on fallback
+    both = translate(bundle, "-i", str(src), "--bf16", "--int8")
+    assert both.returncode != 0 and both.stdout == b""
+    assert b"decode.int8 and decode.bf16" in both.stderr and len(both.stderr.decode().strip().splitlines()) == 1
+
+
+def test_bf16_packs_bfloat16_or_warns(bundle, monkeypatch):
+    import torch
+
+    from mtcli import fastlinear
+    from mtcli.checkpoint import load_bundle
+    from mtcli.translate import inference_model, load_translator
+
+    def dtypes(net):
+        return {m.dtype for m in net.modules() if isinstance(m, fastlinear.PackedLinear)}
+
+    if fastlinear.bf16_supported():
+        assert dtypes(load_translator(bundle, device="cpu", bf16=True).model) == {torch.bfloat16}
+    monkeypatch.setattr(fastlinear, "bf16_supported", lambda: False)
+    warned = []
+    net = inference_model(load_bundle(bundle, "cpu")[0], "cpu", bf16=True, warn=warned.append)
+    assert len(warned) == 1 and "AVX512-BF16" in warned[0]
+    assert dtypes(net) <= {torch.float32}  # float32 packed, or plain where oneDNN is missing
+
+
 def test_int8_is_not_packed(bundle):
     from mtcli.fastlinear import packed_count
     from mtcli.translate import load_translator
