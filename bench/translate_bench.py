@@ -446,8 +446,7 @@ def bench_real(model_path: Path, lines: list[str], with_int8: bool = True, worke
     for name, wanted in (("int8", with_int8), ("bf16", with_bf16 and bf16_supported())):
         if not wanted:
             continue
-        kind = {"int8": name == "int8", "bf16": name == "bf16"}
-        q = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.workers=1"], **kind)
+        q = load_translator(model_path, beam=BEAM, device="cpu", overrides=["decode.workers=1"], **{name: True})
         result[f"{name}_budget"] = budget(q, name)
         same = sum(a == b for a, b in zip(texts["fp32"], texts[name]))
         result[f"{name}_identical_translations"] = f"{same}/{len(lines)}"
