@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtcli.errors import MtcliError
 
@@ -209,6 +209,12 @@ class TrainConfig(Strict):
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
 
+    @model_validator(mode="after")
+    def _decay_needs_an_end(self) -> TrainConfig:
+        if self.schedule in ("linear", "cosine") and not (self.max_steps or self.max_time):
+            raise ValueError(f"schedule {self.schedule} decays to zero at max_steps or max_time; set one")
+        return self
+
 
 class DecodeConfig(Strict):
     """Search settings (beam, length penalty, max length = a * src_len + b)."""
@@ -318,6 +324,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = f"expected {err['ctx']['expected']}, got {err.get('input')!r}"
     elif kind == "union_tag_invalid":
         msg = f"unknown source type; expected {err['ctx']['expected_tags']}"
+    elif isinstance(err.get("input"), dict):  # a check across keys of a section: no dump of it
+        msg = err["msg"].removeprefix("Value error, ")
     else:
         msg = f"{err['msg']}, got {err.get('input')!r}"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

@@ -63,22 +63,30 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
         return cls(params, **kwargs)
 
 
-def lr_factor(step: int, cfg) -> float:
-    """Multiplier of `train.lr` at update `step` (1-based): warmup, then the chosen decay."""
+def lr_factor(step: int, cfg, elapsed: float | None = None) -> float:
+    """Multiplier of `train.lr` at update `step` (1-based): warmup, then the chosen decay.
+
+    `linear` and `cosine` decay to zero at `train.max_steps`, or, without it, at `train.max_time`
+    of training time (`elapsed` seconds so far: a schedule that anneals over a time budget, which
+    beats inverse-sqrt at a fixed budget; Li et al. 2020, "Budgeted training"). By time, progress
+    is counted from the start, and the warmup ramp caps the factor: min(step / warmup, decay).
+    """
     warmup = cfg.warmup_steps
-    if warmup and step < warmup:
-        return step / warmup
+    ramp = step / warmup if warmup and step < warmup else 1.0
     if cfg.schedule == "constant":
-        return 1.0
+        return ramp
     if cfg.schedule == "inverse_sqrt":
         # Vaswani et al.: decay with 1/sqrt(step) after warmup; peak lr is train.lr.
-        return math.sqrt(max(warmup, 1) / max(step, 1))
-    if not cfg.max_steps:
-        raise MtcliError(f"train.schedule: {cfg.schedule} decay needs train.max_steps")
-    progress = min(1.0, (step - warmup) / max(1, cfg.max_steps - warmup))
-    if cfg.schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+        return ramp if ramp < 1.0 else math.sqrt(max(warmup, 1) / max(step, 1))
+    if cfg.max_steps:
+        progress = max(0.0, (step - warmup) / max(1, cfg.max_steps - warmup))
+    elif cfg.max_time and elapsed is not None:
+        progress = elapsed / cfg.max_time
+    else:
+        raise MtcliError(f"train.schedule: {cfg.schedule} decay needs train.max_steps or train.max_time")
+    progress = min(1.0, progress)
+    decay = 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min(ramp, decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -165,7 +165,7 @@ class Trainer:
 
     def _step(self, loss: float, nll: float, ntok: float) -> dict | None:
         step = self.state["step"] + 1
-        lr = self.t.lr * lr_factor(step, self.t)
+        lr = self.t.lr * lr_factor(step, self.t, self.state["elapsed"])
         set_lr(self.optimizer, lr)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -280,6 +280,8 @@ class Trainer:
                 continue
             row = self.update(indices)
             s["elapsed"] += time.time() - began
+            if self.dist.world > 1:  # one clock for all ranks: max_time stops and time-decayed lr agree
+                s["elapsed"] = self.dist.sum(s["elapsed"]) / self.dist.world
             self._check_signal()
             if row is None:
                 continue

@@ -303,10 +303,41 @@ def test_schedules(schedule):
     assert lr_factor(1, no_warmup) == pytest.approx(1.0, abs=0.02)
 
 
-def test_decay_schedule_needs_max_steps():
-    cfg = load_config(TINY, ["train.schedule=cosine", "train.max_steps=null", "train.warmup_steps=0"]).train
-    with pytest.raises(MtcliError, match="max_steps"):
-        lr_factor(5, cfg)
+def test_decay_schedule_needs_an_end():
+    with pytest.raises(MtcliError, match=r"tiny.yaml: train: schedule cosine decays to zero at max_steps or max_time"):
+        load_config(TINY, ["train.schedule=cosine", "train.max_steps=null", "train.warmup_steps=0"])
+    cfg = load_config(TINY, ["train.schedule=cosine", "train.max_steps=null", "train.max_time=100s"]).train
+    with pytest.raises(MtcliError, match="max_steps or train.max_time"):
+        lr_factor(5, cfg)  # by time, the elapsed training time is needed
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_time_budget_decay(schedule):
+    """Without max_steps, linear and cosine anneal over train.max_time of training time."""
+    cfg = load_config(TINY, [f"train.schedule={schedule}", "train.max_steps=null", "train.max_time=100s",
+                             "train.warmup_steps=10"]).train  # fmt: skip
+    assert lr_factor(5, cfg, elapsed=1.0) == pytest.approx(0.5)  # warmup ramp caps it
+    assert lr_factor(50, cfg, elapsed=0.0) == pytest.approx(1.0)
+    half = lr_factor(50, cfg, elapsed=50.0)
+    assert half == pytest.approx(0.5)  # linear: 1 - 0.5; cosine: (1 + cos(pi / 2)) / 2
+    assert lr_factor(50, cfg, elapsed=25.0) > half > lr_factor(50, cfg, elapsed=75.0) > 0.0
+    assert lr_factor(500, cfg, elapsed=100.0) == 0.0 == lr_factor(500, cfg, elapsed=130.0)
+
+
+def test_time_budget_schedule_in_training(run):
+    """A linear schedule over max_time: the logged lr follows 1 - (training time so far) / max_time."""
+    out = cli("train", str(TINY), "--set", f"run_dir={run}", "--set", "train.max_steps=null",
+              "--set", "train.max_time=6s", "--set", "train.schedule=linear", "--set", "train.warmup_steps=2",
+              "--set", "train.log_every=1", "--set", "train.eval_every=100000")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "reached train.max_time=6s" in out.stderr
+    lines = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "lr" in r]
+    assert len(steps) > 4
+    peak = load_config(TINY).train.lr
+    for before, row in zip(steps[1:], steps[2:]):  # each update's lr uses the time before it
+        assert row["lr"] == pytest.approx(peak * max(0.0, 1 - before["time"] / 6.0), rel=0.05, abs=peak * 0.02)
+    assert steps[-1]["lr"] < 0.25 * peak
 
 
 def test_token_batches_cover_each_pair_once_within_budget():
