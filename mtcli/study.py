@@ -50,7 +50,7 @@ def measure(cfg, manifest: dict, norm: str, layers: int | None, batches: list, s
 
     for step in range(1, steps + 1):
         grad(batches[(step - 1) % len(batches)])
-        set_lr(opt, cfg.train.lr * lr_factor(step, cfg.train))
+        set_lr(opt, cfg.train.lr * lr_factor(step, cfg.train, elapsed=0.0))  # early steps: start of a time budget
         opt.step()
     totals: dict[str, float] = {}
     losses = []
