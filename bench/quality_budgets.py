@@ -106,10 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     if not ckpts:
         raise SystemExit(f"{args.checkpoints or run_dir / 'checkpoints'}: no step_*.pt checkpoints")
     cfg = config_from_dict(load_checkpoint(ckpts[-1][0])["config"], str(ckpts[-1][0]))
-    if cfg.train.schedule not in ("inverse_sqrt", "constant"):
-        raise SystemExit(f"train.schedule={cfg.train.schedule} depends on the run's length: run each budget")
+    budgets = [float(b) for b in args.budgets.split(",")]
+    own = cfg.train.max_time if not cfg.train.max_steps else None
+    if cfg.train.schedule not in ("inverse_sqrt", "constant") and (not own or min(budgets) * 60 < own):
+        # A decay to zero at the run's own end: an earlier checkpoint is not what a shorter budget gives.
+        raise SystemExit(f"train.schedule={cfg.train.schedule} depends on the run's length: run each budget"
+                         + (f" (this run answers only --budgets {own / 60:g})" if own else ""))
     results = []
-    for minutes in (float(b) for b in args.budgets.split(",")):
+    for minutes in budgets:
         within = [c for c in ckpts if c[1]["elapsed"] <= minutes * 60 + 1.0]
         if not within:
             print(f"{minutes:g} min: no checkpoint saved yet", flush=True)
