@@ -324,7 +324,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = f"expected {err['ctx']['expected']}, got {err.get('input')!r}"
     elif kind == "union_tag_invalid":
         msg = f"unknown source type; expected {err['ctx']['expected_tags']}"
-    elif isinstance(err.get("input"), dict):  # a check across keys of a section: no dump of it
+    elif kind == "value_error" and isinstance(err.get("input"), dict):  # a check across a section's keys
         msg = err["msg"].removeprefix("Value error, ")
     else:
         msg = f"{err['msg']}, got {err.get('input')!r}"

@@ -67,9 +67,10 @@ def lr_factor(step: int, cfg, elapsed: float | None = None) -> float:
     """Multiplier of `train.lr` at update `step` (1-based): warmup, then the chosen decay.
 
     `linear` and `cosine` decay to zero at `train.max_steps`, or, without it, at `train.max_time`
-    of training time (`elapsed` seconds so far: a schedule that anneals over a time budget, which
-    beats inverse-sqrt at a fixed budget; Li et al. 2020, "Budgeted training"). By time, progress
-    is counted from the start, and the warmup ramp caps the factor: min(step / warmup, decay).
+    of training time (`elapsed` seconds so far; annealing over a time budget as in Li et al. 2020,
+    "Budgeted training"; on Multi30k en-de at 2 h it scored below inverse-sqrt, docs/BENCHMARKS.md).
+    By time, progress is counted from the start, and the warmup ramp caps the factor:
+    min(step / warmup, decay).
     """
     warmup = cfg.warmup_steps
     ramp = step / warmup if warmup and step < warmup else 1.0
