@@ -17,6 +17,9 @@ from mtcli.residual import Residual
 Cache = dict[str, torch.Tensor]
 
 
+MANUAL_QUERIES = 16  # CPU inference with at most this many queries per row: `_attend`, not SDPA
+
+
 class KVCache:
     """Self-attention keys and values of the positions decoded so far, for incremental decoding.
 
@@ -78,6 +81,18 @@ def causal_mask(n_new: int, n_past: int, device: torch.device) -> torch.Tensor:
     """(T, past+T) True-may-attend: new token i sees every cached token and new tokens <= i."""
     full = torch.ones(n_new, n_past + n_new, dtype=torch.bool, device=device)
     return full.tril(diagonal=n_past)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with two batched matmuls (mask: True = may attend).
+
+    For a few queries per row (incremental decoding) this ran 1.1-1.6x faster than the CPU
+    flash-attention kernel of `scaled_dot_product_attention` here, which tiles for long queries.
+    """
+    scores = torch.matmul(q * (q.size(-1) ** -0.5), k.transpose(-1, -2))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, -1), v)
 
 
 class MultiHeadAttention(nn.Module):
@@ -145,8 +160,12 @@ class MultiHeadAttention(nn.Module):
             q = self.q_proj(query)
             k, v = self._keys_values(kv, cache, static_kv)
             q = self._split(q if k.size(0) == b_q else q.view(k.size(0), -1, d))
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        if (q.size(2) <= MANUAL_QUERIES and q.device.type == "cpu" and not is_causal
+                and not (self.training or torch.is_grad_enabled())):  # fmt: skip
+            out = _attend(q, k, v, mask)
+        else:
+            p = self.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         return self.out_proj(out.transpose(1, 2).reshape(b_q, n_q, d))
 
 

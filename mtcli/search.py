@@ -10,6 +10,7 @@ batch so later steps only pay for the live ones. Beam size 1 is exactly greedy s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -127,6 +128,35 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
     return [sorted(h, key=lambda x: -x.score)[: p.nbest] for h in finished]
 
 
+_DIRECT_TOPK = 256  # rows this long or shorter: torch.topk directly
+
+
+def topk_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x.topk(k, dim=1)` (values and indices, best first) of a 2-D tensor, faster on long rows.
+
+    On CPU, `topk` walks a row element by element; over an (N, 8000) vocabulary that was 7% of a
+    beam search. Here each row is cut into `nb` interleaved blocks (block j holds columns j, j + nb,
+    j + 2 nb, ...): their maxima take one vectorized `amax` pass, and a row's k best values lie in
+    its k blocks with the largest maxima (any other block's maximum is at most the k-th best value),
+    so `topk` then runs over k blocks only (recursively). Values are exactly `topk`'s; indices too
+    unless values tie, where `topk` itself promises no order.
+    """
+    n, length = x.shape
+    if length <= _DIRECT_TOPK or 8 * k > length:
+        return x.topk(min(k, length), dim=1)
+    nb = min(200, max(k, round(math.sqrt(k * length))))  # blocks; topk over up to 200 stays cheap
+    q = length // nb  # elements per block; the last length - q * nb columns are always candidates
+    grid = x[:, : q * nb].view(n, q, nb)
+    blocks = grid.amax(1).topk(k, dim=1).indices  # (n, k)
+    cand = grid.gather(2, blocks[:, None, :].expand(n, q, k)).view(n, q * k)
+    cols = (torch.arange(q, device=x.device)[:, None] * nb + blocks[:, None, :]).view(n, q * k)
+    if q * nb < length:
+        cand = torch.cat([cand, x[:, q * nb :]], 1)
+        cols = torch.cat([cols, torch.arange(q * nb, length, device=x.device).expand(n, -1)], 1)
+    values, pos = topk_rows(cand, k)
+    return values, cols.gather(1, pos)
+
+
 def _top_candidates(lprobs: torch.Tensor, scores: torch.Tensor, m: int):
     """The m best (score + log-prob) continuations of each sentence: scores, beam and token, (n, m).
 
@@ -135,7 +165,7 @@ def _top_candidates(lprobs: torch.Tensor, scores: torch.Tensor, m: int):
     scores to the full (N, V) log-probabilities, without that pass over memory.
     """
     n, k = scores.shape
-    row_lp, row_tok = lprobs.topk(min(m, lprobs.size(1)), dim=1)  # (n*K, c)
+    row_lp, row_tok = topk_rows(lprobs, m)  # (n*K, c)
     cand = (row_lp + scores.view(-1, 1)).view(n, -1)  # (n, K*c)
     top_scores, pos = cand.topk(min(m, cand.size(1)), dim=1)
     return top_scores, pos // row_lp.size(1), row_tok.view(n, -1).gather(1, pos)
