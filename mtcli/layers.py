@@ -96,7 +96,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention on `scaled_dot_product_attention`, with optional key/value cache."""
+    """Multi-head attention on `scaled_dot_product_attention` (CPU inference with few queries per
+    row: `_attend`), with optional key/value cache."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
