@@ -91,7 +91,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     """
     scores = torch.matmul(q * (q.size(-1) ** -0.5), k.transpose(-1, -2))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))  # in place: `scores` is this call's own tensor
     return torch.matmul(torch.softmax(scores, -1), v)
 
 

@@ -98,6 +98,7 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
     scores[:, 0] = 0.0  # all beams start identical: only the first is live at step 0
     cache = model.new_cache()
     alive = list(range(n))  # original sentence index of each row group
+    last_step = max_len[::k].tolist()  # per row group, as Python ints: no tensor reads per step
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     for step in range(int(max_len.max()) + 1):
         if step == 0:  # all K beams are still the same BOS: decode one row per sentence
@@ -115,13 +116,14 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
         scores = live_scores
         # Beam reordering (at step 0: one row per sentence becomes K); memory is per sentence.
         model.reorder_cache(cache, rows // k if step == 0 else rows)
-        done = [len(finished[s]) >= k or step >= int(max_len[i * k]) for i, s in enumerate(alive)]
+        done = [len(finished[s]) >= k or step >= last for s, last in zip(alive, last_step)]
         if all(done):
             break
         if any(done):
             keep = torch.tensor([i for i, d in enumerate(done) if not d], device=device)
             keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
-            alive = [alive[i] for i in keep.tolist()]
+            kept = keep.tolist()
+            alive, last_step = [alive[i] for i in kept], [last_step[i] for i in kept]
             tokens, scores = tokens[keep_rows], scores[keep]
             memory, pad_mask, max_len = memory[keep], pad_mask[keep], max_len[keep_rows]
             model.reorder_cache(cache, keep_rows, keep)

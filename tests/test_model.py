@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from mtcli.layers import DecoderLayer, EncoderLayer
+from mtcli.layers import MANUAL_QUERIES, DecoderLayer, EncoderLayer
 from mtcli.model import Transformer
 from mtcli.residual import deepnorm_constants
 
@@ -173,16 +175,23 @@ def test_long_cached_decoding_with_reordering_and_shared_memory():
     assert cache[0]["self"].len == n_steps and cache[0]["self"].k.size(0) >= n_steps
 
 
-def test_fused_qkv_matches_separate_projections():
+@pytest.mark.parametrize("src_len", [7, MANUAL_QUERIES + 4])  # encoder on `_attend` / on SDPA
+def test_fused_inference_model_matches_training_model(src_len):
+    """Fused q/k/v projections change no output: teacher-forced, and step by step with the cache."""
     model = tiny_model("pre")
-    src, tgt = torch.randint(3, 23, (3, 7)), torch.randint(3, 23, (3, 5))
+    src, tgt = torch.randint(3, 23, (3, src_len)), torch.randint(3, 23, (3, 5))
+    src[0, -3:] = model.pad_id  # padding: the key mask applies on both attention paths
     with torch.no_grad():
         want = model(src, tgt)
-        fused = model.fuse_for_inference()
+        fused = copy.deepcopy(model).fuse_for_inference()
         assert all(layer.self_attn.qkv_proj is not None for layer in [*fused.encoder, *fused.decoder])
         assert all(layer.cross_attn.qkv_proj is None for layer in fused.decoder)
         got = fused(src, tgt)
+        memory, pad = fused.encode(src)
+        cache = fused.new_cache()
+        steps = [fused.decode(tgt[:, t : t + 1], memory, pad, cache)[:, -1] for t in range(tgt.size(1))]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(steps, 1), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("norm", PLACEMENTS)
