@@ -64,7 +64,7 @@ def prepare(
     force: bool = typer.Option(False, "--force", help="Rebuild even if the prepared data is up to date."),
 ) -> None:
     """Clean, split and tokenize the corpora into the run directory's data/."""
-    from mtcli.prepare import run_prepare
+    from mtcli.data.prepare import run_prepare
 
     run_prepare(_load(config, overrides), force=force)
 
@@ -76,7 +76,7 @@ def train(
     restart: bool = typer.Option(False, "--restart", help="Ignore existing checkpoints and start over."),
 ) -> None:
     """Train the model (preparing data first if needed), resuming from the last checkpoint."""
-    from mtcli.train import run_train
+    from mtcli.training.run import run_train
 
     run_train(_load(config, overrides), restart=restart)
 
@@ -99,7 +99,7 @@ def translate(
     ),
 ) -> None:
     """Translate TEXT arguments, a file (-i) or standard input, one line out per line in."""
-    from mtcli.translate import run_translate
+    from mtcli.inference.command import run_translate
 
     run_translate(
         text=text or [], model=model, input=input, output=output, beam=beam, nbest=nbest,
@@ -148,7 +148,7 @@ def average(
     output: Path | None = typer.Option(None, "--output", "-o", help="Bundle folder (default RUN_DIR/model)."),
 ) -> None:
     """Average the last K checkpoints of a run into a model bundle (as fairseq and Marian do)."""
-    from mtcli.checkpoint import average_run
+    from mtcli.training.checkpoints import average_run
 
     out = average_run(run_dir, last, output)
     typer.echo(f"wrote {out}", err=True)
@@ -175,7 +175,7 @@ def gradients(
     overrides: list[str] | None = SetOption,
 ) -> None:
     """Per-layer gradient norms for several norm placements, on real batches (Xiong et al. 2020)."""
-    from mtcli.study import run_gradients
+    from mtcli.analysis.gradients import run_gradients
 
     cfg = _load(config, overrides)
     norms = [n.strip() for n in norm.split(",") if n.strip()]
@@ -189,7 +189,7 @@ def plot(
     label: list[str] | None = typer.Option(None, "--label", help="Legend label per run (repeatable)."),
 ) -> None:
     """Plot training loss, validation loss/BLEU, learning rate and gradient norm of runs."""
-    from mtcli.plot import run_plot
+    from mtcli.analysis.plot import run_plot
 
     typer.echo(f"wrote {run_plot(runs, output, label)}", err=True)
 

@@ -120,7 +120,7 @@ def _check_usage(files: list[str], model: Path | None, src: Path | None) -> None
 
 
 def _translate(source: Text, model: Path) -> Text:
-    from mtcli.translate import translate_lines
+    from mtcli.inference.translator import translate_lines
 
     out = translate_lines(source.lines, model)
     if len(out) != len(source.lines):

@@ -1,14 +1,13 @@
-"""Shared fixtures: paths to the real corpora and small helpers."""
+"""Shared fixtures: the real corpora, a prepared tiny run directory, and a fresh copy of it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MTCLI_DATA", REPO.parent / "shared" / "data")).resolve()
+from run_helpers import DATA, TINY
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +18,30 @@ def _data_root(monkeypatch):
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared corpora (../shared/data beside the checkout)."""
+    """The shared corpora (../shared/data beside the checkout); in CI their absence is a failure."""
     if not DATA.is_dir():
-        pytest.skip(f"shared corpora not found at {DATA}")
+        message = f"shared corpora not found at {DATA} (set MTCLI_DATA or put shared/ beside the checkout)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return DATA
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, data_dir) -> Path:
+    """A tiny run directory with prepared data (prepared once per session)."""
+    from mtcli.config import load_config
+    from mtcli.data.prepare import run_prepare
+
+    run = tmp_path_factory.mktemp("prepared") / "run"
+    os.environ["MTCLI_DATA"] = str(data_dir)
+    run_prepare(load_config(TINY, [f"run_dir={run}"]))
+    return run
+
+
+@pytest.fixture
+def run(prepared, tmp_path) -> Path:
+    """A fresh copy of the prepared run directory under runs/ in tmp_path."""
+    dest = tmp_path / "runs" / "tiny"
+    shutil.copytree(prepared, dest, symlinks=True)
+    return dest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mtcli.model import Transformer
+from mtcli.model.transformer import Transformer
 
 
 def tiny_transformer(vocab: int, d_model: int = 64, d_ff: int = 128, seed: int = 0, **kw) -> Transformer:

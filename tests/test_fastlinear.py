@@ -9,9 +9,9 @@ import torch
 from model_helpers import tiny_transformer
 from torch import nn
 
-from mtcli import fastlinear
-from mtcli.fastlinear import PackedLinear, pack_linears, packed_count
-from mtcli.search import SearchParams, _log_softmax, beam_search
+import mtcli.inference.fastpaths as fastlinear
+from mtcli.inference.fastpaths import PackedLinear, pack_linears, packed_count
+from mtcli.inference.search import SearchParams, _log_softmax, beam_search
 
 PAD, BOS, EOS, V = 0, 2, 3, 96
 N_LINEARS = 4 * 6 + 2 * 4 + 1  # 4 per attention (2 enc + 2x2 dec), 2 per FFN x 4 layers, output

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtcli.dropout import Dropout, dropout_mask
-from mtcli.optim import label_smoothed_nll
-from mtcli.train import keep_freed_memory
+from mtcli.model.dropout import Dropout, dropout_mask
+from mtcli.training.optim import label_smoothed_nll
+from mtcli.training.trainer import keep_freed_memory
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

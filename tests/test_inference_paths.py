@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtcli.layers import MANUAL_QUERIES, MultiHeadAttention, _attend
-from mtcli.search import topk_rows
+from mtcli.inference.search import topk_rows
+from mtcli.model.layers import MANUAL_QUERIES, MultiHeadAttention, _attend
 
 
 @pytest.mark.parametrize("rows,length", [(7, 257), (160, 8000), (9, 8003), (3, 32000), (5, 1013)])

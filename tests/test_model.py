@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from mtcli.layers import MANUAL_QUERIES, DecoderLayer, EncoderLayer
-from mtcli.model import Transformer
-from mtcli.residual import deepnorm_constants
+from mtcli.model.layers import MANUAL_QUERIES, DecoderLayer, EncoderLayer
+from mtcli.model.residual import deepnorm_constants
+from mtcli.model.transformer import Transformer
 
 D, H, FF = 16, 4, 32
 PLACEMENTS = ["post", "pre", "deepnorm", "none"]
@@ -216,7 +216,7 @@ def test_parameter_names_match_across_placements():
 
 
 def test_rmsnorm_is_used_when_asked():
-    from mtcli.residual import RMSNorm
+    from mtcli.model.residual import RMSNorm
 
     model = tiny_model("pre", "rmsnorm")
     norms = [m for m in model.modules() if isinstance(m, (RMSNorm, nn.LayerNorm))]
@@ -252,7 +252,7 @@ def test_no_residual_ablation_changes_output():
 
 
 def test_rmsnorm_matches_its_definition_and_gradients():
-    from mtcli.residual import RMSNorm
+    from mtcli.model.residual import RMSNorm
 
     torch.manual_seed(0)
     norm = RMSNorm(16, eps=1e-5).double()

@@ -19,13 +19,13 @@ from prepare_helpers import (
     write_lines,
 )
 
-from mtcli import prepare as prepare_module
-from mtcli.clean import clean_text, unpunctuated_copies
+import mtcli.data.prepare as prepare_module
 from mtcli.config import load_config
-from mtcli.dataset import SPECIAL, load_pair
-from mtcli.prepare import run_prepare
-from mtcli.prepstate import clean_leftovers
-from mtcli.tokenizer import Tokenizer
+from mtcli.data.clean import clean_text, unpunctuated_copies
+from mtcli.data.freshness import clean_leftovers
+from mtcli.data.prepare import run_prepare
+from mtcli.data.splits import SPECIAL, load_pair
+from mtcli.data.spm import Tokenizer
 
 SPLITS = ("train", "valid", "test")
 

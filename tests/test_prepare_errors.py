@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from prepare_helpers import head, run_cli, write_lines
 
-from mtcli.clean import (
+from mtcli.config import PairSource
+from mtcli.data.clean import (
     TEST,
     TRAIN,
     VALID,
@@ -18,10 +19,9 @@ from mtcli.clean import (
     pair_reason,
     stable_hash,
 )
-from mtcli.config import PairSource
-from mtcli.dataset import Split, SplitWriter
+from mtcli.data.sources import read_lines, read_pair
+from mtcli.data.splits import Split, SplitWriter
 from mtcli.errors import MtcliError
-from mtcli.sources import read_lines, read_pair
 
 
 def config(tmp_path, train: dict, **extra) -> dict:

@@ -7,8 +7,8 @@ import torch
 from model_helpers import tiny_transformer
 from torch import nn
 
-from mtcli.quantize import quantize_for_inference
-from mtcli.search import SearchParams, beam_search
+from mtcli.inference.fastpaths import quantize_for_inference
+from mtcli.inference.search import SearchParams, beam_search
 
 PAD, BOS, EOS, V = 0, 2, 3, 64
 

@@ -278,15 +278,15 @@ def test_bad_input_exits_2_with_one_error_line(corpus, tmp_path, make_args, mess
 
 
 def run_model_mode(monkeypatch, corpus, translate) -> dict:
-    """run_score with --model/--src, `mtcli.translate` replaced by a stand-in (no model needed)."""
+    """run_score with --model/--src, `mtcli.inference.translator` replaced by a stand-in (no model needed)."""
     import types
 
     from mtcli.score import run_score
 
     calls = []
-    fake = types.ModuleType("mtcli.translate")
+    fake = types.ModuleType("mtcli.inference.translator")
     fake.translate_lines = lambda lines, model, beam=None: calls.append((lines, model)) or translate(lines)
-    monkeypatch.setitem(sys.modules, "mtcli.translate", fake)
+    monkeypatch.setitem(sys.modules, "mtcli.inference.translator", fake)
     run_score(
         files=[str(corpus["de.gz"])], metrics=["bleu"], json_out=True, model=Path("m"), src=corpus["en"],
         tokenize=None, lowercase=False, chrf_word_order=0, confidence=False,

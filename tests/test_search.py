@@ -6,8 +6,8 @@ import pytest
 import torch
 from model_helpers import tiny_transformer
 
-from mtcli.optim import label_smoothed_nll
-from mtcli.search import SearchParams, beam_search, length_norm
+from mtcli.inference.search import SearchParams, beam_search, length_norm
+from mtcli.training.optim import label_smoothed_nll
 
 PAD, BOS, EOS, V = 0, 2, 3, 20
 
@@ -160,7 +160,7 @@ def test_tiny_model_learns_to_reverse():
     trained = reverse_bleu(m, test_src, test_out)
     assert untrained < 10 and trained > 80, (untrained, trained, steps)
     # The CPU inference paths of `mtcli translate` learn nothing new and lose nothing.
-    from mtcli import fastlinear
+    import mtcli.inference.fastpaths as fastlinear
 
     if fastlinear.available():
         assert reverse_bleu(fastlinear.pack_linears(m), test_src, test_out) == pytest.approx(trained, abs=1.0)

@@ -74,7 +74,7 @@ def test_plot_runs(tmp_path):
 
 
 def test_plot_without_matplotlib_says_how(tmp_path, monkeypatch):
-    from mtcli.plot import run_plot
+    from mtcli.analysis.plot import run_plot
 
     real_import = builtins.__import__
 

@@ -3,55 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from run_helpers import REPO, TINY, cli, rows
 
-from mtcli.batching import token_batches
 from mtcli.config import load_config
+from mtcli.data.batching import token_batches
 from mtcli.errors import MtcliError, RunFailure
-from mtcli.optim import lr_factor
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
-
-
-def cli(*args, cwd=REPO, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "mtcli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
-
-
-def rows(run: Path, key: str) -> list[tuple[int, float]]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r[key]) for r in map(json.loads, lines) if key in r]
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory, data_dir) -> Path:
-    """A tiny run directory with prepared data (prepared once per session)."""
-    from mtcli.prepare import run_prepare
-
-    run = tmp_path_factory.mktemp("prepared") / "run"
-    os.environ["MTCLI_DATA"] = str(data_dir)
-    run_prepare(load_config(TINY, [f"run_dir={run}"]))
-    return run
-
-
-@pytest.fixture
-def run(prepared, tmp_path) -> Path:
-    """A fresh copy of the prepared run directory under runs/ in tmp_path."""
-    dest = tmp_path / "runs" / "tiny"
-    shutil.copytree(prepared, dest, symlinks=True)
-    return dest
+from mtcli.training.optim import lr_factor
+from mtcli.training.run import run_train
 
 
 def test_train_end_to_end(run, tmp_path):
@@ -133,9 +100,9 @@ def test_subword_sampling_resamples_each_epoch_and_resumes_exactly(run, tmp_path
 def test_subword_sampler_keeps_text_and_is_seeded(prepared):
     import sentencepiece as spm
 
-    from mtcli.dataset import SPECIAL, load_pair
-    from mtcli.subword import SubwordSampler, epoch_seed
-    from mtcli.tokenizer import Tokenizer
+    from mtcli.data.splits import SPECIAL, load_pair
+    from mtcli.data.spm import Tokenizer
+    from mtcli.data.subword import SubwordSampler, epoch_seed
 
     manifest = json.loads((prepared / "data" / "manifest.json").read_text())
     src, _ = load_pair(prepared / "data", "train", manifest["dtype"])
@@ -208,7 +175,7 @@ def test_shape_change_and_corrupt_checkpoint(run):
 
 
 def test_nan_loss_skips_then_stops(run, monkeypatch):
-    import mtcli.train as train_mod
+    import mtcli.training.trainer as train_mod
 
     real = train_mod.label_smoothed_nll
 
@@ -219,12 +186,11 @@ def test_nan_loss_skips_then_stops(run, monkeypatch):
     monkeypatch.setattr(train_mod, "label_smoothed_nll", poisoned)
     cfg = load_config(TINY, [f"run_dir={run}", "train.max_bad_steps=3"])
     with pytest.raises(RunFailure, match="not finite"):
-        train_mod.run_train(cfg)
+        run_train(cfg)
 
 
 def test_disk_full_keeps_previous_checkpoint(run, monkeypatch):
-    import mtcli.checkpoint as ckpt_mod
-    import mtcli.train as train_mod
+    import mtcli.training.checkpoints as ckpt_mod
 
     cfg = load_config(TINY, [f"run_dir={run}", "train.max_steps=4", "train.save_every=2", "train.eval_every=1000"])
     real_save = torch.save
@@ -238,7 +204,7 @@ def test_disk_full_keeps_previous_checkpoint(run, monkeypatch):
 
     monkeypatch.setattr(ckpt_mod.torch, "save", failing_save)
     with pytest.raises(RunFailure, match="No space left"):
-        train_mod.run_train(cfg)
+        run_train(cfg)
     files = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert files == ["step_00000002.pt"]
     assert torch.load(run / "checkpoints" / files[0], weights_only=True)["state"]["step"] == 2
@@ -266,11 +232,11 @@ def test_ddp_two_processes_stay_in_sync(run, tmp_path):
 import json, os, sys, torch
 sys.path.insert(0, {str(REPO)!r})
 from mtcli.config import load_config
-from mtcli.train import run_train
+from mtcli.training.run import run_train
 cfg = load_config({str(TINY)!r}, ["run_dir={run}", "train.max_steps=12", "train.log_every=1",
                    "train.eval_every=1000", "train.save_every=6", "train.threads=1",
                    "train.device=cpu"])
-import mtcli.train as t
+import mtcli.training.trainer as t
 orig = t.Trainer.fit
 def fit(self, *a, **kw):
     orig(self, *a, **kw)
@@ -356,7 +322,7 @@ def test_token_batches_cover_each_pair_once_within_budget():
 
 
 def test_pick_device_one_gpu_per_process(monkeypatch):
-    from mtcli.distributed import pick_device
+    from mtcli.training.distributed import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -135,8 +135,8 @@ def test_int8_translation_keeps_lines_aligned(bundle, tmp_path):
 
 @pytest.mark.parametrize("beam", [1, 4])
 def test_cpu_fast_path_is_default_and_translates_the_same(bundle, monkeypatch, beam):
-    from mtcli import fastlinear
-    from mtcli.translate import load_translator
+    import mtcli.inference.fastpaths as fastlinear
+    from mtcli.inference.translator import load_translator
 
     lines = ["A man is walking.", "Two dogs play in the snow.", "", "A girl with a red hat sings a song."]
     fast = load_translator(bundle, beam=beam, nbest=beam, device="cpu")
@@ -153,7 +153,7 @@ def test_cpu_fast_path_is_default_and_translates_the_same(bundle, monkeypatch, b
 
 
 def test_bf16_translation_and_its_errors(bundle, tmp_path):
-    from mtcli import fastlinear
+    import mtcli.inference.fastpaths as fastlinear
 
     src = tmp_path / "src.en"
     src.write_text("A man is walking.\n\nTwo dogs play in the snow.\nA girl with a red hat.\n")
@@ -170,9 +170,9 @@ def test_bf16_translation_and_its_errors(bundle, tmp_path):
 def test_bf16_packs_bfloat16_or_warns(bundle, monkeypatch):
     import torch
 
-    from mtcli import fastlinear
-    from mtcli.checkpoint import load_bundle
-    from mtcli.translate import inference_model, load_translator
+    import mtcli.inference.fastpaths as fastlinear
+    from mtcli.inference.bundle import load_bundle
+    from mtcli.inference.translator import inference_model, load_translator
 
     def dtypes(net):
         return {m.dtype for m in net.modules() if isinstance(m, fastlinear.PackedLinear)}
@@ -187,8 +187,8 @@ def test_bf16_packs_bfloat16_or_warns(bundle, monkeypatch):
 
 
 def test_int8_is_not_packed(bundle):
-    from mtcli.fastlinear import packed_count
-    from mtcli.translate import load_translator
+    from mtcli.inference.fastpaths import packed_count
+    from mtcli.inference.translator import load_translator
 
     q = load_translator(bundle, device="cpu", int8=True)
     assert packed_count(q.model) == 0
@@ -200,7 +200,7 @@ def test_parallel_map_runs_workers_concurrently_in_order():
 
     import torch
 
-    from mtcli.translate import parallel_map
+    from mtcli.inference.translator import parallel_map
 
     total = torch.get_num_threads()
     barrier = threading.Barrier(2, timeout=30)  # passes only if two items run at the same time
@@ -218,7 +218,7 @@ def test_parallel_map_runs_workers_concurrently_in_order():
 
 
 def test_workers_translate_the_same_in_input_order(bundle, tmp_path):
-    from mtcli.translate import load_translator
+    from mtcli.inference.translator import load_translator
 
     lines = ["A man is walking.", "Two dogs play in the snow.", "", "A girl with a red hat sings a song.",
              "People sit on a bench.", "A boy jumps.", "Three women wait for the bus in the rain."]

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mtcli.sources import local_files
+from mtcli.data.sources import local_files
 
 FORMAT = 1  # bump when the meaning of prepare's output changes, so old data is rebuilt
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcli.clean import DROPPED, SPLIT_CODES, LengthStats, token_reasons
 from mtcli.config import FilterConfig
-from mtcli.dataset import SplitWriter
-from mtcli.report import rss_mb
-from mtcli.vocab import encoder
+from mtcli.data.clean import DROPPED, SPLIT_CODES, LengthStats, token_reasons
+from mtcli.data.splits import SplitWriter
+from mtcli.data.spm import encoder
+from mtcli.data.summary import rss_mb
 
 CHUNK = 20_000  # pairs per SentencePiece call
 

@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from mtcli import prepstate
-from mtcli.clean import (
+import mtcli.data.freshness as prepstate
+from mtcli.config import Config
+from mtcli.data.binarize import Binarizer, encode_file
+from mtcli.data.clean import (
     DROPPED,
     REASONS,
     SPLIT_CODES,
@@ -44,13 +46,11 @@ from mtcli.clean import (
     stable_hash,
     unpunctuated_copies,
 )
-from mtcli.config import Config
-from mtcli.dataset import ids_dtype
-from mtcli.encode import Binarizer, encode_file
+from mtcli.data.sources import read_source
+from mtcli.data.splits import ids_dtype
+from mtcli.data.spm import load_spm, train_spm
+from mtcli.data.summary import print_summary, progress_display, rss_mb
 from mtcli.errors import MtcliError
-from mtcli.report import print_summary, progress_display, rss_mb
-from mtcli.sources import read_source
-from mtcli.vocab import load_spm, train_spm
 
 SCAN_REPORT = 10_000  # pairs between progress updates
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcli.dropout import Dropout
-from mtcli.residual import Residual
+from mtcli.model.dropout import Dropout
+from mtcli.model.residual import Residual
 
 Cache = dict[str, torch.Tensor]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mtcli.batching import collate, token_batches
-from mtcli.optim import label_smoothed_nll
+from mtcli.data.batching import collate, token_batches
+from mtcli.training.optim import label_smoothed_nll
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mtcli.dropout import Dropout
+from mtcli.model.dropout import Dropout
 
 PLACEMENTS = ("post", "pre", "deepnorm", "none")
 

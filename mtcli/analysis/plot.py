@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mtcli.analysis.figures import require_matplotlib, save_figure
 from mtcli.errors import MtcliError
-from mtcli.study import _save_figure, require_matplotlib
 
 PANELS = [
     ("loss", "step", "training loss"),
@@ -55,5 +55,5 @@ def plot_rows(runs: list[tuple[str, list[dict]]], output: Path) -> Path:
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, output)
+    save_figure(fig, output)
     return Path(output)

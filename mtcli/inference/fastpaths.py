@@ -1,4 +1,5 @@
-"""Inference-only float32 fast path for CPU search: linears on weights packed once for oneDNN.
+"""The CPU fast paths of search: linears on weights packed once for oneDNN, and int8 quantization.
+
 
 torch's `nn.Linear` on CPU calls MKL's sgemm on the plain weight, which is packed into the GEMM's
 internal layout again on every call. `pack_linears` swaps every `nn.Linear` and the tied output
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +103,7 @@ def _packable(model: nn.Module) -> bool:
 def _packed_replacements(model: nn.Module, dtype: torch.dtype) -> dict[str, nn.Module]:
     """Qualified name -> replacement: a packed copy of every plain `nn.Linear` and of a tied output
     projection; a ReLU feed-forward's first linear fuses the ReLU (its activation becomes Identity)."""
-    from mtcli.layers import FeedForward
+    from mtcli.model.layers import FeedForward
 
     # Exact type: quantized linears and other subclasses are left alone.
     out: dict[str, nn.Module] = {
@@ -142,3 +144,30 @@ def pack_linears(model: nn.Module, inplace: bool = False, bf16: bool = False) ->
 def packed_count(model: nn.Module) -> int:
     """How many `PackedLinear` modules `model` holds."""
     return sum(isinstance(m, PackedLinear) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- int8
+# Optional int8 dynamic quantization for CPU inference.
+#
+# Every `nn.Linear` (attention and feed-forward projections) and the output projection become
+# int8-weight linears (one scale per output row, like CTranslate2's int8) whose activations are
+# quantized on the fly (`torch.ao.quantization.quantize_dynamic`). With tied embeddings the output
+# projection is `F.linear` on the embedding matrix, which quantize_dynamic cannot see; it is given
+# its own `nn.Linear` sharing that matrix first, so it is quantized too while the embedding lookup
+# stays in float32. CPU only; search (`beam_search`, `Translator`) runs on the result unchanged.
+
+
+def quantize_for_inference(model: nn.Module) -> nn.Module:
+    """An int8 dynamically-quantized copy of a `Transformer` for CPU search (the input is untouched)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    model = copy.deepcopy(model).cpu().eval()
+    if getattr(model, "output_proj", True) is None:  # tied: make the projection a real Linear
+        weight = model.tgt_embed.tokens.weight
+        proj = nn.Linear(weight.size(1), weight.size(0), bias=False)
+        proj.weight = weight
+        model.output_proj = proj
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)

@@ -8,17 +8,14 @@ metadata as JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
-from mtcli.dataset import SPECIAL
+from mtcli.data.splits import SPECIAL
 from mtcli.errors import MtcliError, RunFailure
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
@@ -88,71 +85,6 @@ def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
 
 
-# ----------------------------------------------------------------------------- bundles
-
-
-def export_bundle(model, config_dump: dict, data_dir: Path, bundle_dir: Path, metadata: dict) -> None:
-    """Write model/ (weights, config, tokenizer, metadata) to a temp folder and swap it in."""
-    from safetensors.torch import save_model
-
-    bundle_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=bundle_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    try:
-        save_model(model, str(tmp / "model.safetensors"))
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config_dump, sort_keys=False, allow_unicode=True))
-        for spm_file in sorted(Path(data_dir).glob("spm*.model")):
-            shutil.copy2(spm_file, tmp / spm_file.name)
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
-        (tmp / "model.safetensors").chmod(0o644)
-        old = bundle_dir.with_name(f".{bundle_dir.name}.old")
-        if bundle_dir.exists():
-            os.replace(bundle_dir, old)
-        os.replace(tmp, bundle_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RunFailure(f"could not write the model bundle {bundle_dir}: {exc}") from None
-
-
-def link_latest(bundle_dir: Path) -> Path:
-    """Point `<runs>/latest` at this bundle (relative symlink, replaced atomically)."""
-    latest = bundle_dir.parent.parent / "latest"
-    target = os.path.relpath(bundle_dir, latest.parent)
-    tmp = latest.with_name(".latest.tmp")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, latest)
-    return latest
-
-
-def load_bundle(path: Path, device: str = "cpu"):
-    """(model in eval mode, Config, Tokenizer, metadata) from a bundle folder."""
-    from safetensors.torch import load_model
-
-    from mtcli.config import config_from_dict
-    from mtcli.model import build_model
-    from mtcli.tokenizer import Tokenizer
-
-    path = Path(path)
-    needed = ["model.safetensors", "config.yaml", "metadata.json"]
-    missing = [n for n in needed if not (path / n).is_file()]
-    if not path.is_dir() or missing:
-        what = "does not exist" if not path.exists() else f"is not a model bundle (missing {', '.join(missing)})"
-        raise MtcliError(f"{path}: {what}; train one with `mtcli train CONFIG` or pass --model PATH")
-    try:
-        meta = json.loads((path / "metadata.json").read_text())
-        cfg = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
-        tok = Tokenizer(path)
-        model = build_model(cfg.model, meta["src_vocab"], meta["tgt_vocab"], meta["joint"], meta["pad_id"])
-        load_model(model, str(path / "model.safetensors"), device=device)
-    except MtcliError:
-        raise
-    except Exception as exc:
-        raise MtcliError(f"{path}: incompatible or damaged model bundle ({type(exc).__name__}: {exc})") from None
-    return model.to(device).eval(), cfg, tok, meta
-
-
 def average_run(run_dir: Path, last: int, out: Path | None = None) -> Path:
     """Average the last `last` numbered checkpoints of a run into a bundle (default run/model)."""
     run_dir = Path(run_dir)
@@ -166,7 +98,8 @@ def average_checkpoints(chosen: list[Path], data_dir: Path, out: Path) -> Path:
     """Average the weights of checkpoints `chosen` (the last one gives config and step) into a bundle."""
     from mtcli import __version__
     from mtcli.config import config_from_dict
-    from mtcli.model import build_model
+    from mtcli.inference.bundle import export_bundle
+    from mtcli.model.transformer import build_model
 
     head = load_checkpoint(chosen[-1])
     cfg = config_from_dict(head["config"], str(chosen[-1]))

@@ -6,7 +6,6 @@ an interactive line is answered at once. One output line per input line; empty i
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -52,8 +51,8 @@ class Translator:
 
     def translate(self, lines: list[str], first_line: int = 1) -> list[list[dict]]:
         """Hypotheses (dicts: text, tokens, score, logprob) for each line, in input order."""
-        from mtcli.batching import pad_batch
-        from mtcli.search import beam_search
+        from mtcli.data.batching import pad_batch
+        from mtcli.inference.search import beam_search
 
         clean = [" ".join(line.split()) for line in lines]
         ids = self._encode(clean, first_line)
@@ -105,7 +104,7 @@ def parallel_map(fn, items: list, workers: int) -> Iterator:
 
 def search_params(decode_cfg, tok, beam: int | None = None, nbest: int | None = None):
     """SearchParams from a DecodeConfig, with CLI overrides."""
-    from mtcli.search import SearchParams
+    from mtcli.inference.search import SearchParams
 
     d = decode_cfg
     beam_size = beam or d.beam_size
@@ -129,8 +128,8 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
     """Load a bundle and build a Translator with its decode settings plus overrides."""
     import torch
 
-    from mtcli.checkpoint import load_bundle
     from mtcli.config import apply_overrides, config_from_dict
+    from mtcli.inference.bundle import load_bundle
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg, tok, _ = load_bundle(resolve_model_path(model), device)
@@ -163,10 +162,10 @@ def inference_model(net, device, int8: bool = False, bf16: bool = False, warn=No
             warn(f"decode.bf16: no bfloat16 support on {device}; translating in float32")
         return net
     if int8:
-        from mtcli.quantize import quantize_for_inference
+        from mtcli.inference.fastpaths import quantize_for_inference
 
         return quantize_for_inference(net)
-    from mtcli.fastlinear import bf16_supported, enabled, pack_linears, packed_count
+    from mtcli.inference.fastpaths import bf16_supported, enabled, pack_linears, packed_count
 
     if bf16 and not (enabled() and bf16_supported()):
         why = "$MTCLI_FAST_LINEAR is off" if not enabled() else "this CPU has no AVX512-BF16 or AMX"
@@ -182,81 +181,3 @@ def translate_lines(lines: list[str], model: Path | None, beam: int | None = Non
     """Best translation of each line (used by `mtcli score --model`)."""
     translator = load_translator(model, beam=beam)
     return [h[0]["text"] if h else "" for h in translator.translate(lines)]
-
-
-# ----------------------------------------------------------------------------- input / output
-
-
-def _decode_line(raw: bytes, name: str, lineno: int) -> str:
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise MtcliError(f"{name}: line {lineno}: invalid UTF-8") from None
-
-
-def read_chunks(fd: int, name: str, chunk_lines: int = STDIN_CHUNK_LINES) -> Iterator[list[str]]:
-    """Lines from a file descriptor, yielded as soon as a read returns them (streaming)."""
-    pending, lineno = b"", 0
-    while True:
-        data = os.read(fd, 1 << 16)
-        if not data:
-            break
-        pending += data
-        *complete, pending = pending.split(b"\n")
-        for start in range(0, len(complete), chunk_lines):
-            part = complete[start : start + chunk_lines]
-            yield [_decode_line(raw, name, lineno + j + 1) for j, raw in enumerate(part)]
-            lineno += len(part)
-    if pending:
-        yield [_decode_line(pending, name, lineno + 1)]
-
-
-def _format(hyps: list[dict], source: str, fmt: str, index: int) -> str:
-    if fmt == "jsonl":
-        return json.dumps({"index": index, "source": source, "hypotheses": hyps}, ensure_ascii=False)
-    if len(hyps) > 1:  # n-best in Moses format: index ||| text ||| score
-        return "\n".join(f"{index} ||| {h['text']} ||| {h['score']}" for h in hyps)
-    return hyps[0]["text"] if hyps else ""
-
-
-def _input_chunks(text: list[str], input: Path | None) -> Iterator[list[str]]:
-    if text:
-        yield text
-    elif input is not None and str(input) != "-":
-        if not input.is_file():
-            raise MtcliError(f"{input}: input file not found")
-        with open(input, "rb") as f:
-            yield from read_chunks(f.fileno(), str(input))
-    else:
-        yield from read_chunks(sys.stdin.fileno(), "stdin", chunk_lines=STDIN_CHUNK_LINES)
-
-
-def run_translate(text, model, input, output, beam, nbest, fmt, overrides, int8=False, bf16=False) -> None:
-    """The `mtcli translate` command."""
-    if fmt not in ("text", "jsonl"):
-        raise MtcliError(f"--format {fmt!r}: expected text or jsonl")
-    if text and input is not None:
-        raise MtcliError("give sentences as arguments or with -i FILE, not both")
-    translator = load_translator(model, beam, nbest, overrides, int8=int8, bf16=bf16)
-    tmp = None
-    if output is not None:
-        tmp = output.with_name(f".{output.name}.tmp")
-        sink = open(tmp, "w", encoding="utf-8")
-    else:
-        sink = sys.stdout
-    try:
-        index = 0
-        for chunk in _input_chunks(text, input):
-            results = translator.translate(chunk, first_line=index + 1)
-            for line, hyps in zip(chunk, results):
-                sink.write(_format(hyps, line, fmt, index) + "\n")
-                index += 1
-            sink.flush()
-    except BaseException:
-        if tmp is not None:
-            sink.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if tmp is not None:
-        sink.close()
-        os.replace(tmp, output)

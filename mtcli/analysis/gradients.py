@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mtcli.analysis.figures import require_matplotlib, save_figure, write_text
 from mtcli.errors import MtcliError
 
 
 def _batches(cfg, manifest: dict, n: int):
-    from mtcli.batching import collate, token_batches
-    from mtcli.dataset import SPECIAL, load_pair
+    from mtcli.data.batching import collate, token_batches
+    from mtcli.data.splits import SPECIAL, load_pair
 
     src, tgt = load_pair(cfg.run_path / "data", "train", manifest["dtype"])
     ids = SPECIAL
@@ -28,9 +29,9 @@ def measure(cfg, manifest: dict, norm: str, layers: int | None, batches: list, s
     """Mean per-sublayer gradient norms over `batches` after `steps` updates from init."""
     import torch
 
-    from mtcli.gradnorms import sublayer_grad_norms
-    from mtcli.model import build_model
-    from mtcli.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
+    from mtcli.model.transformer import build_model
+    from mtcli.training.gradnorms import sublayer_grad_norms
+    from mtcli.training.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
 
     shape = {"norm": norm}
     if layers:
@@ -66,7 +67,7 @@ def measure(cfg, manifest: dict, norm: str, layers: int | None, batches: list, s
 def run_gradients(cfg, norms: list[str], layers: list[int | None], n_batches: int, steps: int,
                   output: Path | None, json_path: Path | None) -> list[dict]:
     """The `mtcli gradients` command: measure, print a table, write JSON and a PNG plot."""
-    from mtcli.prepare import run_prepare
+    from mtcli.data.prepare import run_prepare
 
     bad = [n for n in norms if n not in ("post", "pre", "deepnorm", "none")]
     if bad:
@@ -78,7 +79,7 @@ def run_gradients(cfg, norms: list[str], layers: list[int | None], n_batches: in
     results = [measure(cfg, manifest, norm, n, batches, steps) for n in layers for norm in norms]
     print_table(results)
     if json_path is not None:
-        _atomic_write(json_path, json.dumps(results, indent=2))
+        write_text(json_path, json.dumps(results, indent=2))
     if output is not None:
         plot_gradients(results, output)
     return results
@@ -110,17 +111,6 @@ def print_table(results: list[dict]) -> None:
         console.print(table)
 
 
-def require_matplotlib():
-    """matplotlib, or a clear error saying how to install it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MtcliError("plotting needs matplotlib: pip install 'mtcli[plot]' (or pip install matplotlib)") from None
-    return plt
-
 
 def plot_gradients(results: list[dict], output: Path) -> None:
     """Gradient norm of FFN and attention weights against layer index, one line per placement."""
@@ -139,18 +129,4 @@ def plot_gradients(results: list[dict], output: Path) -> None:
     steps = results[0]["steps"]
     fig.suptitle(f"Per-layer gradient norms {'at initialization' if not steps else f'after {steps} updates'}")
     fig.tight_layout()
-    _save_figure(fig, output)
-
-
-def _save_figure(fig, output: Path) -> None:
-    output = Path(output)
-    tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(output)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    save_figure(fig, output)

@@ -9,7 +9,6 @@ its own batches of each update (DDP averages the gradients); only rank 0 logs an
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import signal
 import time
@@ -17,25 +16,24 @@ from pathlib import Path
 
 import torch
 
-from mtcli.batching import collate, token_batches
-from mtcli.checkpoint import (
+from mtcli.data.batching import collate, token_batches
+from mtcli.data.splits import SPECIAL, load_pair
+from mtcli.data.subword import epoch_seed, subword_samplers
+from mtcli.errors import MtcliError, RunFailure
+from mtcli.inference.bundle import export_bundle, link_latest
+from mtcli.model.transformer import build_model
+from mtcli.training.checkpoints import (
     atomic_save,
     average_state_dicts,
-    export_bundle,
-    link_latest,
     load_checkpoint,
     prune,
     shape_mismatch,
     step_checkpoints,
 )
-from mtcli.dataset import SPECIAL, load_pair
-from mtcli.distributed import Dist
-from mtcli.errors import MtcliError, RunFailure
-from mtcli.gradnorms import sublayer_grad_norms
-from mtcli.model import build_model
-from mtcli.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
-from mtcli.progress import Display, MetricsLog
-from mtcli.subword import epoch_seed, subword_samplers
+from mtcli.training.distributed import Dist
+from mtcli.training.gradnorms import sublayer_grad_norms
+from mtcli.training.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
+from mtcli.training.progress import Display, MetricsLog
 
 
 def keep_freed_memory() -> bool:
@@ -201,7 +199,7 @@ class Trainer:
 
     def evaluate(self, translator_factory) -> dict:
         """Validation loss/perplexity and, if enabled, BLEU/chrF of the search output (rank 0)."""
-        from mtcli.evaluate import read_lines, valid_bleu, valid_loss
+        from mtcli.training.validation import read_lines, valid_bleu, valid_loss
 
         row = valid_loss(self.model, *self.valid, self.ids, self.t.max_tokens, self.t.label_smoothing,
                          self.dist.device)  # fmt: skip
@@ -354,77 +352,3 @@ class Trainer:
         export_bundle(export, self.cfg.model_dump(mode="json"), self.data_dir, bundle, meta)
         link_latest(bundle)
         return bundle
-
-
-def _translator_factory(trainer: Trainer):
-    """Builds a greedy (or eval_beam_size) Translator over the live model for validation BLEU."""
-    from mtcli.tokenizer import Tokenizer
-    from mtcli.translate import Translator, search_params
-
-    tok = Tokenizer(trainer.data_dir)
-
-    def make():
-        params = search_params(trainer.cfg.decode, tok, beam=trainer.t.eval_beam_size, nbest=1)
-        return Translator(trainer.model, tok, params, trainer.cfg.decode.max_tokens, trainer.dist.device)
-
-    return make
-
-
-def run_train(cfg, restart: bool = False) -> Path | None:
-    """The `mtcli train` command: prepare if needed, train or resume, export the bundle."""
-    import shutil
-
-    from mtcli.config import to_yaml
-    from mtcli.prepare import run_prepare
-
-    dist = Dist.setup(cfg.train.device, cfg.train.threads)
-    try:
-        if dist.rank == 0:
-            run_prepare(cfg)
-        dist.barrier()
-        manifest = json.loads((cfg.run_path / "data" / "manifest.json").read_text())
-        if restart and dist.rank == 0:
-            shutil.rmtree(cfg.run_path / "checkpoints", ignore_errors=True)
-        dist.barrier()
-        trainer = Trainer(cfg, manifest, dist)
-        resumed = trainer.resume()
-        display = Display(cfg.train.max_steps, cfg.train.max_time, enabled=dist.rank == 0)
-        if dist.rank == 0:
-            (cfg.run_path / "config.yaml").write_text(to_yaml(cfg))
-            n_params = sum(p.numel() for p in trainer.model.parameters())
-            how = f"resuming from step {trainer.state['step']}" if resumed else "starting"
-            display.message(f"{how}: {n_params:,} parameters, {len(trainer.train_src):,} training pairs, "
-                            f"device {dist.device}, {dist.world} process(es), {torch.get_num_threads()} threads")  # fmt: skip
-            if trainer.samplers:
-                t = cfg.train
-                display.message(f"subword sampling each epoch: alpha {t.subword_alpha}, nbest {t.subword_nbest} "
-                                f"(n-best lists in {trainer.sampler_seconds:.1f}s)")
-        log = MetricsLog(cfg.run_path / "metrics.jsonl", trainer.state["step"] if resumed else None) if dist.rank == 0 else None
-        trainer.install_signals()
-        try:
-            trainer.fit(display, log, _translator_factory(trainer))
-        finally:
-            display.close()
-            if log:
-                log.close()
-        return _finish(trainer, display, cfg)
-    finally:
-        dist.cleanup()
-
-
-def _finish(trainer: Trainer, display: Display, cfg) -> Path | None:
-    """Export (rank 0), print the summary, and exit non-zero after a signal."""
-    s = trainer.state
-    bundle = trainer.export() if trainer.dist.rank == 0 else None
-    trainer.dist.barrier()
-    if trainer.dist.rank == 0:
-        best = f", best {trainer.t.best_metric} {s['best']} at step {s['best_step']}" if s["best"] is not None else ""
-        display.message(f"done: {trainer.stop_reason}; step {s['step']}, epoch {s['epoch']}, {s['tokens']:,} target "
-                        f"tokens in {s['elapsed']:.0f}s{best}; skipped updates {s['skipped']}")  # fmt: skip
-        display.message(f"model bundle: {bundle} (runs/latest points to it)")
-    if trainer._signal is not None:
-        if trainer.dist.rank == 0:
-            display.message(f"interrupted: checkpoint saved at step {s['step']}; resume with "
-                            f"`mtcli train <config>` (same config) or start over with --restart")  # fmt: skip
-        raise SystemExit(130 if trainer._signal == signal.SIGINT else 143)
-    return bundle

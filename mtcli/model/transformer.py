@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcli.dropout import Dropout
-from mtcli.layers import DecoderLayer, EncoderLayer, KVCache
-from mtcli.residual import deepnorm_constants, final_norm
+from mtcli.model.dropout import Dropout
+from mtcli.model.layers import DecoderLayer, EncoderLayer, KVCache
+from mtcli.model.residual import deepnorm_constants, final_norm
 
 DecoderCache = list[dict]  # per layer: {"self": KVCache, "cross": {"k", "v"}}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcli.dataset import SPECIAL, Split, ids_dtype
+from mtcli.data.splits import SPECIAL, Split, ids_dtype
 from mtcli.errors import MtcliError
 
 

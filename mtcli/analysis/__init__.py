@@ -1,0 +1,1 @@
+"""What the norm placement does, measured: `mtcli gradients` and `mtcli plot`."""

@@ -1,0 +1,1 @@
+"""Stage 1, `mtcli prepare`: corpora in, cleaned and binarized splits plus SentencePiece out."""

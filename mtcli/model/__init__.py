@@ -1,0 +1,1 @@
+"""The Transformer shared by training and translation, its layers and the residual/norm module."""
