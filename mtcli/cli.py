@@ -133,12 +133,15 @@ def score(
     """Score hypotheses against references with sacreBLEU (BLEU, chrF, TER)."""
     from mtcli.score import run_score
 
-    run_score(
+    failures = run_score(
         files=files or [], metrics=metric or [], json_out=json_out, model=model, src=src,
         tokenize=tokenize, lowercase=lowercase, chrf_word_order=chrf_word_order,
         confidence=confidence, confidence_n=confidence_n, width=width,
         min_bleu=min_bleu, min_chrf=min_chrf, max_ter=max_ter,
     )  # fmt: skip
+    if failures:
+        typer.echo(f"score gate failed: {'; '.join(failures)}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

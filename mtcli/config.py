@@ -18,6 +18,10 @@ from mtcli.errors import MtcliError
 # Corpus paths may say `${MTCLI_DATA}`; unset, it points at the shared corpora beside the checkout.
 DEFAULT_DATA_ROOT = "../shared/data"
 
+# Where the norm sits around each residual sublayer (mtcli/model/residual.py says what each means).
+# Defined here, in a module that does not import torch, for the schema, the model and `gradients`.
+NORM_PLACEMENTS = ("post", "pre", "deepnorm", "none")
+
 
 class Strict(BaseModel):
     """Base for every section: unknown keys are errors."""
@@ -134,7 +138,7 @@ class ModelConfig(Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu"] = "relu"
-    norm: Literal["post", "pre", "deepnorm", "none"] = "pre"
+    norm: Literal[NORM_PLACEMENTS] = "pre"
     norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = Field(1e-5, gt=0.0)
     residual: bool = True

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import typer
-
 from mtcli.errors import MtcliError, RunFailure
 
 if TYPE_CHECKING:
@@ -275,10 +273,11 @@ def run_score(
     min_bleu: float | None,
     min_chrf: float | None,
     max_ter: float | None,
-    confidence_n: int = 1000,
-    width: int = 2,
-) -> None:
-    """Score a hypothesis file (or --model's translation of --src) against references; gate on it."""
+    confidence_n: int,
+    width: int,
+) -> list[str]:
+    """Score a hypothesis file (or --model's translation of --src) against references; returns
+    the failed `--min-*`/`--max-ter` gates (empty when all pass)."""
     gates = {"bleu": min_bleu, "chrf": min_chrf, "ter": max_ter}
     scorers = build_metrics(choose_metrics(metrics, gates), tokenize, lowercase, chrf_word_order)
     hyp, refs = load_inputs(files, model, src)
@@ -289,7 +288,4 @@ def run_score(
         meta.update(src=STDIN_NAME if str(src) == STDIN else str(src), model=str(model))
     meta["refs"] = [ref.name for ref in refs]
     report(results, meta, json_out, confidence, width)
-    failures = gate_failures(results, gates, width)
-    if failures:
-        typer.echo(f"score gate failed: {'; '.join(failures)}", err=True)
-        raise typer.Exit(1)
+    return gate_failures(results, gates, width)

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
-from model_helpers import tiny_transformer
+from model_helpers import search_params, tiny_transformer
 from torch import nn
 
 import mtcli.inference.fastpaths as fastlinear
 from mtcli.inference.fastpaths import PackedLinear, pack_linears, packed_count
-from mtcli.inference.search import SearchParams, _log_softmax, beam_search
+from mtcli.inference.search import _log_softmax, beam_search
 
 PAD, BOS, EOS, V = 0, 2, 3, 96
 N_LINEARS = 4 * 6 + 2 * 4 + 1  # 4 per attention (2 enc + 2x2 dec), 2 per FFN x 4 layers, output
@@ -33,8 +33,7 @@ def random_src(n=12, length=9, seed=1):
 
 
 def params(beam, **kw):
-    return SearchParams(beam_size=beam, nbest=beam, max_len_a=0.0, max_len_b=12, min_len=0,
-                        bos_id=BOS, eos_id=EOS, pad_id=PAD, **kw)  # fmt: skip
+    return search_params(beam_size=beam, nbest=beam, max_len_a=0.0, max_len_b=12, min_len=0, **kw)
 
 
 @needs_onednn

@@ -52,7 +52,7 @@ def test_attention_module_same_with_and_without_grad():
     """Inference (no grad) takes `_attend` for few queries and SDPA otherwise; training-mode
     and grad-enabled calls always take SDPA. All agree, causal blocks included."""
     torch.manual_seed(0)
-    attn = MultiHeadAttention(32, 4).eval()
+    attn = MultiHeadAttention(32, 4, dropout=0.0).eval()
     mem = torch.randn(3, 9, 32)
     mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
     mask[1, ..., 6:] = False

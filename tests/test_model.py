@@ -8,22 +8,27 @@ import pytest
 import torch
 from torch import nn
 
+from mtcli.config import NORM_PLACEMENTS, ModelConfig
+from mtcli.data.manifest import Vocab
 from mtcli.model.layers import MANUAL_QUERIES, DecoderLayer, EncoderLayer
 from mtcli.model.residual import deepnorm_constants
-from mtcli.model.transformer import Transformer
+from mtcli.model.transformer import Transformer, transformer_kwargs
 
 D, H, FF = 16, 4, 32
-PLACEMENTS = ["post", "pre", "deepnorm", "none"]
+PLACEMENTS = list(NORM_PLACEMENTS)
 NORM_TYPES = ["layernorm", "rmsnorm"]
 
 
+# What a layer takes besides its shape, as the schema's defaults give it (alpha: no DeepNorm).
+LAYER = dict(dropout=0.0, norm_type="layernorm", attention_dropout=0.0, activation="relu", eps=1e-5,
+             alpha=1.0, residual=True)  # fmt: skip
+
+
 def tiny_model(norm="pre", norm_type="layernorm", n_enc=2, n_dec=2, **kw) -> Transformer:
+    cfg = ModelConfig(d_model=D, n_heads=H, d_ff=FF, encoder_layers=n_enc, decoder_layers=n_dec, dropout=0.0,
+                      norm=norm, norm_type=norm_type)  # fmt: skip
     torch.manual_seed(0)
-    args = dict(src_vocab=23, tgt_vocab=23, d_model=D, n_heads=H, d_ff=FF, encoder_layers=n_enc,
-                decoder_layers=n_dec, dropout=0.0, norm=norm, norm_type=norm_type,
-                share_embeddings=True, pad_id=0)
-    args.update(kw)
-    return Transformer(**args).eval()
+    return Transformer(**{**transformer_kwargs(cfg, Vocab(23, 23, joint=True, pad_id=0)), **kw}).eval()
 
 
 def _copy_attn(ours, theirs: nn.MultiheadAttention) -> None:
@@ -48,7 +53,7 @@ def test_encoder_layer_matches_torch(norm):
     torch.manual_seed(0)
     ref = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, batch_first=True,
                                      norm_first=norm == "pre").eval()
-    ours = EncoderLayer(D, H, FF, dropout=0.0, norm=norm).eval()
+    ours = EncoderLayer(D, H, FF, norm=norm, **LAYER).eval()
     # Perturb norm weights so the test would notice a norm in the wrong slot.
     for p in ref.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
@@ -68,7 +73,7 @@ def test_decoder_layer_matches_torch(norm):
     torch.manual_seed(0)
     ref = nn.TransformerDecoderLayer(D, H, FF, dropout=0.0, batch_first=True,
                                      norm_first=norm == "pre").eval()
-    ours = DecoderLayer(D, H, FF, dropout=0.0, norm=norm).eval()
+    ours = DecoderLayer(D, H, FF, norm=norm, **LAYER).eval()
     for p in ref.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     _copy_common(ours, ref, [ours.self_attn_res, ours.cross_attn_res, ours.ff_res])
@@ -262,5 +267,5 @@ def test_rmsnorm_matches_its_definition_and_gradients():
     expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
     torch.testing.assert_close(norm(x), expected)
     # Half precision goes through float32 and comes back in its own dtype.
-    half = RMSNorm(16)(torch.randn(2, 16).bfloat16())
+    half = RMSNorm(16, eps=1e-5)(torch.randn(2, 16).bfloat16())
     assert half.dtype == torch.bfloat16 and torch.isfinite(half.float()).all()

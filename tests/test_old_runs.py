@@ -13,6 +13,7 @@ import torch
 from run_helpers import TINY, cli
 
 from mtcli.config import config_from_dict
+from mtcli.data.manifest import Vocab
 from mtcli.inference.bundle import load_bundle
 from mtcli.model.transformer import build_model
 from mtcli.training.checkpoints import load_checkpoint
@@ -27,8 +28,7 @@ def test_old_bundle_loads_and_matches_its_checkpoint():
     assert meta["step"] == ckpt["state"]["step"] == 6
     # The bundle holds the step-6 weights; rebuilt from the checkpoint alone, the model is the same.
     ckpt_cfg = config_from_dict(ckpt["config"], "checkpoint")
-    vocab = ckpt["vocab"]
-    rebuilt = build_model(ckpt_cfg.model, vocab["src_vocab"], vocab["tgt_vocab"], vocab["joint"])
+    rebuilt = build_model(ckpt_cfg.model, Vocab.from_saved(ckpt["vocab"]))
     rebuilt.load_state_dict(ckpt["model"])
     bundle_state = model.state_dict()
     assert set(bundle_state) == set(rebuilt.state_dict())

@@ -23,8 +23,9 @@ import mtcli.data.prepare as prepare_module
 from mtcli.config import load_config
 from mtcli.data.clean import clean_text, unpunctuated_copies
 from mtcli.data.freshness import clean_leftovers
+from mtcli.data.manifest import SPECIAL
 from mtcli.data.prepare import run_prepare
-from mtcli.data.splits import SPECIAL, load_pair
+from mtcli.data.splits import load_pair
 from mtcli.data.spm import Tokenizer
 
 SPLITS = ("train", "valid", "test")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import tiny_transformer
+from model_helpers import search_params, tiny_transformer
 from torch import nn
 
 from mtcli.inference.fastpaths import quantize_for_inference
-from mtcli.inference.search import SearchParams, beam_search
+from mtcli.inference.search import beam_search
 
 PAD, BOS, EOS, V = 0, 2, 3, 64
 
@@ -57,7 +57,7 @@ def test_greedy_and_beam_mostly_unchanged():
     q = quantize_for_inference(m)
     src = random_src()
     for beam in (1, 4):
-        p = SearchParams(beam_size=beam, max_len_a=0.0, max_len_b=10, min_len=0, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+        p = search_params(beam_size=beam, max_len_a=0.0, max_len_b=10, min_len=0)
         ref = [h[0].tokens for h in beam_search(m, src, p)]
         got = [h[0].tokens for h in beam_search(q, src, p)]
         same = sum(a == b for a, b in zip(ref, got)) / len(ref)

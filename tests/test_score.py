@@ -289,7 +289,7 @@ def run_model_mode(monkeypatch, corpus, translate) -> dict:
     monkeypatch.setitem(sys.modules, "mtcli.inference.translator", fake)
     run_score(
         files=[str(corpus["de.gz"])], metrics=["bleu"], json_out=True, model=Path("m"), src=corpus["en"],
-        tokenize=None, lowercase=False, chrf_word_order=0, confidence=False,
+        tokenize=None, lowercase=False, chrf_word_order=0, confidence=False, confidence_n=1000, width=2,
         min_bleu=None, min_chrf=None, max_ter=None,
     )  # fmt: skip
     assert calls == [(lines(corpus["en"]), Path("m"))]

@@ -100,7 +100,8 @@ def test_subword_sampling_resamples_each_epoch_and_resumes_exactly(run, tmp_path
 def test_subword_sampler_keeps_text_and_is_seeded(prepared):
     import sentencepiece as spm
 
-    from mtcli.data.splits import SPECIAL, load_pair
+    from mtcli.data.manifest import SPECIAL
+    from mtcli.data.splits import load_pair
     from mtcli.data.spm import Tokenizer
     from mtcli.data.subword import SubwordSampler, epoch_seed
 
@@ -108,7 +109,7 @@ def test_subword_sampler_keeps_text_and_is_seeded(prepared):
     src, _ = load_pair(prepared / "data", "train", manifest["dtype"])
     model = prepared / "data" / "spm.model"
     n = 300
-    head = type("Head", (), {"__len__": lambda self: n, "__getitem__": lambda self, i: src[i]})()
+    head = [src[i] for i in range(n)]  # a sampler reads any sequence of id arrays
     sampler = SubwordSampler(head, model, alpha=0.1, nbest=8)
     a, b, c = (sampler.sample(epoch_seed(1, e, 0)) for e in (1, 1, 2))
     assert len(a) == n and np.array_equal(a.lengths, b.lengths) and np.array_equal(a.ids, b.ids)
@@ -122,7 +123,7 @@ def test_subword_sampler_keeps_text_and_is_seeded(prepared):
     assert all(np.array_equal(peaked[i], src[i]) for i in range(n))
     # draws follow P(segmentation)^alpha over the n-best, P from the piece log-probabilities
     sp = spm.SentencePieceProcessor(model_file=str(model))
-    one = type("One", (), {"__len__": lambda self: 1, "__getitem__": lambda self, i: src[3]})()
+    one = [src[3]]
     nbest = sp.nbest_encode(stored[3], nbest_size=4)
     logp = np.array([sum(sp.get_score(t) for t in cand) for cand in nbest])
     expected = np.exp(0.5 * logp) / np.exp(0.5 * logp).sum()
@@ -132,8 +133,7 @@ def test_subword_sampler_keeps_text_and_is_seeded(prepared):
     assert np.abs(seen - expected).max() < 0.03
     # a sentence holding an unknown piece cannot round-trip through text: it keeps its stored ids
     with_unk = [np.array([SPECIAL["unk_id"], *src[0]]), src[1]]
-    fake = type("Fake", (), {"__len__": lambda self: 2, "__getitem__": lambda self, i: with_unk[i]})()
-    kept = SubwordSampler(fake, model, alpha=0.1, nbest=8).sample(epoch_seed(1, 1, 0))
+    kept = SubwordSampler(with_unk, model, alpha=0.1, nbest=8).sample(epoch_seed(1, 1, 0))
     assert np.array_equal(kept[0], with_unk[0])
 
 
@@ -143,9 +143,9 @@ def test_sigint_saves_and_resumes(run):
            "--set", "train.eval_every=100000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
-        time.sleep(0.2)
+    while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.2)  # until 5 updates are logged (training would go on for 100,000)
+    assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

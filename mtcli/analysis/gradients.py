@@ -12,20 +12,23 @@ import json
 from pathlib import Path
 
 from mtcli.analysis.figures import require_matplotlib, save_figure, write_text
+from mtcli.config import NORM_PLACEMENTS
+from mtcli.data.manifest import Manifest
 from mtcli.errors import MtcliError
 
 
-def _batches(cfg, manifest: dict, n: int):
+def _batches(cfg, manifest: Manifest, n: int):
     from mtcli.data.batching import collate, token_batches
-    from mtcli.data.splits import SPECIAL, load_pair
+    from mtcli.data.manifest import SPECIAL
+    from mtcli.data.splits import load_pair
 
-    src, tgt = load_pair(cfg.run_path / "data", "train", manifest["dtype"])
+    src, tgt = load_pair(cfg.run_path / "data", "train", manifest.dtype)
     ids = SPECIAL
     order = token_batches(src.lengths, tgt.lengths, cfg.train.max_tokens, cfg.train.seed, 1)
     return [collate(src, tgt, idx, ids) for idx in order[:n]]
 
 
-def measure(cfg, manifest: dict, norm: str, layers: int | None, batches: list, steps: int = 0) -> dict:
+def measure(cfg, manifest: Manifest, norm: str, layers: int | None, batches: list, steps: int = 0) -> dict:
     """Mean per-sublayer gradient norms over `batches` after `steps` updates from init."""
     import torch
 
@@ -37,15 +40,14 @@ def measure(cfg, manifest: dict, norm: str, layers: int | None, batches: list, s
     if layers:
         shape.update(encoder_layers=layers, decoder_layers=layers)
     model_cfg = cfg.model.model_copy(update=shape)
-    vocab = manifest["vocab"]
     torch.manual_seed(cfg.train.seed)
-    model = build_model(model_cfg, vocab["src_size"], vocab["tgt_size"], vocab["joint"]).train()
+    model = build_model(model_cfg, manifest.vocab).train()
     opt = build_optimizer(model.parameters(), cfg.train)
 
     def grad(batch):
         model.zero_grad(set_to_none=True)
         logits = model(batch["src"], batch["tgt_in"])
-        loss, _ = label_smoothed_nll(logits, batch["tgt_out"], cfg.train.label_smoothing, 0)
+        loss, _ = label_smoothed_nll(logits, batch["tgt_out"], cfg.train.label_smoothing, manifest.vocab.pad_id)
         (loss / batch["ntokens"]).backward()
         return float(loss.detach() / batch["ntokens"])
 
@@ -69,12 +71,12 @@ def run_gradients(cfg, norms: list[str], layers: list[int | None], n_batches: in
     """The `mtcli gradients` command: measure, print a table, write JSON and a PNG plot."""
     from mtcli.data.prepare import run_prepare
 
-    bad = [n for n in norms if n not in ("post", "pre", "deepnorm", "none")]
+    bad = [n for n in norms if n not in NORM_PLACEMENTS]
     if bad:
-        raise MtcliError(f"--norm {bad[0]!r}: expected post, pre, deepnorm or none")
+        raise MtcliError(f"--norm {bad[0]!r}: expected one of {', '.join(NORM_PLACEMENTS)}")
     if output is not None:
         require_matplotlib()
-    manifest = run_prepare(cfg)
+    manifest = Manifest.from_dict(run_prepare(cfg))
     batches = _batches(cfg, manifest, n_batches)
     results = [measure(cfg, manifest, norm, n, batches, steps) for n in layers for norm in norms]
     print_table(results)

@@ -6,6 +6,8 @@ rebuilds it and skips the batches already consumed: the data position is just (e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -21,17 +23,26 @@ def token_batches(
     rng = np.random.default_rng([seed, epoch])
     longest = np.maximum(src_lens, tgt_lens) + 1
     order = np.lexsort((rng.random(len(longest)), longest))
+    batches = pack(order, longest, max_tokens)
+    perm = rng.permutation(len(batches))
+    return [batches[j] for j in perm]
+
+
+def pack(order: Sequence[int], widths: Sequence[int], max_tokens: int) -> list:
+    """Cut `order` (indices, in the order given) into consecutive batches whose count x widest
+    member's width fits `max_tokens`; a member wider than the budget is a batch of its own.
+
+    Training passes a length-sorted, shuffled order; the translator a longest-first one."""
     batches, start, width = [], 0, 0
     for i, idx in enumerate(order):
-        width_i = max(width, int(longest[idx]))
+        width_i = max(width, int(widths[idx]))
         if i > start and width_i * (i - start + 1) > max_tokens:
             batches.append(order[start:i])
-            start, width_i = i, int(longest[idx])
+            start, width_i = i, int(widths[idx])
         width = width_i
     if start < len(order):
         batches.append(order[start:])
-    perm = rng.permutation(len(batches))
-    return [batches[j] for j in perm]
+    return batches
 
 
 def pad_batch(seqs: list[np.ndarray], pad_id: int, prefix: int | None = None, suffix: int | None = None) -> torch.Tensor:

@@ -14,25 +14,26 @@ import os
 import shutil
 from pathlib import Path
 
+from mtcli.config import DataConfig
 from mtcli.data.sources import local_files
 
 FORMAT = 1  # bump when the meaning of prepare's output changes, so old data is rebuilt
 
 
-def input_records(cfg, old: dict | None, on_hash=None) -> list[dict]:
+def input_records(data: DataConfig, old: dict | None) -> list[dict]:
     """One record per local input file: role, path, size, mtime_ns and sha256 (cached)."""
     cache = {
         (r["path"], r["size"], r["mtime_ns"]): r["sha256"] for r in (old or {}).get("inputs", [])
     }
     records = []
     for role in ("train", "valid", "test"):
-        source = getattr(cfg.data, role)
+        source = getattr(data, role)
         if source is None:
             continue
         for path in local_files(source):
             st = os.stat(path)
             key = (str(path), st.st_size, st.st_mtime_ns)
-            sha = cache.get(key) or sha256_file(path, on_hash)
+            sha = cache.get(key) or sha256_file(path)
             records.append(
                 {
                     "role": role,
@@ -45,14 +46,12 @@ def input_records(cfg, old: dict | None, on_hash=None) -> list[dict]:
     return records
 
 
-def sha256_file(path: str, on_bytes=None) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (`on_bytes(n)` reports progress)."""
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
-            if on_bytes:
-                on_bytes(len(block))
     return digest.hexdigest()
 
 
@@ -67,7 +66,7 @@ def fingerprint(cfg, records: list[dict]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def read_manifest(data_dir: Path) -> dict | None:
+def manifest_if_complete(data_dir: Path) -> dict | None:
     """The manifest of a complete prepared directory, or None."""
     try:
         manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8"))

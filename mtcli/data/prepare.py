@@ -5,7 +5,7 @@ one-byte split code per pair (plus an 8-byte pair hash while deduplicating); the
 valid/test carve remembers only its best-ranked groups; SentencePiece gets a seeded sample of at
 most `tokenizer.input_sentence_size` sentences; the encode pass reads the work file back in chunks
 and streams ids to disk. Everything is built in `run_dir/.data.tmp-PID` and renamed to
-`run_dir/data` only when complete (see prepstate.py).
+`run_dir/data` only when complete (see freshness.py).
 
 Valid/test are references for BLEU, so they are only cleaned (NFC, whitespace) and stripped of
 pairs with an empty side; the length, ratio and duplicate filters apply to train alone.
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-import mtcli.data.freshness as prepstate
-from mtcli.config import Config
+import mtcli.data.freshness as freshness
+from mtcli.config import Config, DataConfig, FilterConfig, TokenizerConfig
 from mtcli.data.binarize import Binarizer, encode_file
 from mtcli.data.clean import (
     DROPPED,
@@ -59,12 +59,12 @@ def run_prepare(cfg: Config, force: bool = False) -> dict:
     """Prepare cfg's data into `cfg.run_path / "data"` unless it is up to date; returns the manifest."""
     console = Console(stderr=True)
     run_path, data_dir = cfg.run_path, cfg.run_path / "data"
-    prepstate.clean_leftovers(run_path)
-    old = prepstate.read_manifest(data_dir)
-    records = prepstate.input_records(cfg, old)
-    fp = prepstate.fingerprint(cfg, records)
+    freshness.clean_leftovers(run_path)
+    old = freshness.manifest_if_complete(data_dir)
+    records = freshness.input_records(cfg.data, old)
+    fp = freshness.fingerprint(cfg, records)
     if old and old.get("fingerprint") == fp and not force:
-        prepstate.refresh_stats(data_dir, old, records)
+        freshness.refresh_stats(data_dir, old, records)
         console.print(f"data up to date: {data_dir} (--force rebuilds it)", highlight=False)
         return old
     created = not run_path.exists()
@@ -72,7 +72,7 @@ def run_prepare(cfg: Config, force: bool = False) -> dict:
     try:
         tmp.mkdir(parents=True)
         manifest = build(cfg, tmp, records, fp, console)
-        prepstate.swap_in(tmp, data_dir)
+        freshness.swap_in(tmp, data_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
@@ -91,22 +91,20 @@ def build(cfg, out: Path, records: list[dict], fp: str, console: Console) -> dic
         scans, eval_keys = {}, set()
         for split in ("valid", "test"):
             if getattr(data, split) is not None:
-                scans[split] = scan_eval(
-                    getattr(data, split), cfg, work / f"{split}.tsv", split, progress
-                )
+                scans[split] = scan_eval(getattr(data, split), data, work / f"{split}.tsv", split, progress)
                 eval_keys |= scans[split].pop("keys")
         overlap = eval_keys if data.filters.remove_eval_overlap else set()
-        scans["train"] = scan_train(cfg, work / "train.tsv", overlap, progress)
+        scans["train"] = scan_train(data, work / "train.tsv", overlap, progress)
         times["read"] = time.time() - start
 
         t = time.time()
-        models = train_models(cfg, work / "train.tsv", scans["train"]["codes"], out, progress)
+        models = train_models(cfg.tokenizer, data, work / "train.tsv", scans["train"]["codes"], out, progress)
         times["spm"] = time.time() - t
 
         t = time.time()
         sizes = {side: sp.get_piece_size() for side, sp in models.items()}
         dtype = ids_dtype(max(sizes.values()))
-        splits = present_splits(cfg)
+        splits = present_splits(data)
         binarizer = Binarizer(out, splits, dtype, data.filters)
         augment = None
         if data.strip_punct > 0:
@@ -126,27 +124,27 @@ def build(cfg, out: Path, records: list[dict], fp: str, console: Console) -> dic
     times["total"] = time.time() - start
     manifest = make_manifest(cfg, fp, records, scans, binarizer, results, sizes, dtype, times)
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    prepstate.write_json(out / "manifest.json", manifest)
+    freshness.write_json(out / "manifest.json", manifest)
     return manifest
 
 
-def present_splits(cfg) -> list[str]:
+def present_splits(data: DataConfig) -> list[str]:
     """train, valid (own source or carved) and test (own source, or carved when test_size > 0)."""
-    has_test = cfg.data.test is not None or cfg.data.test_size > 0
+    has_test = data.test is not None or data.test_size > 0
     return ["train", "valid"] + (["test"] if has_test else [])
 
 
 # ----------------------------------------------------------------------------- pass 1: scan
 
 
-def scan_eval(source, cfg, path: Path, split: str, progress) -> dict:
+def scan_eval(source, data: DataConfig, path: Path, split: str, progress) -> dict:
     """Clean a valid/test source into `path`; only pairs with an empty side are dropped.
 
     Returns the keys of its source sentences (for removing them from train)."""
     task = progress.add_task(f"reading {split}", total=None)
     filters, read, keys = Counter(), 0, set()
     with open(path, "w", encoding="utf-8") as f:
-        for raw_src, raw_tgt in read_source(source, cfg.data.src_lang, cfg.data.tgt_lang):
+        for raw_src, raw_tgt in read_source(source, data.src_lang, data.tgt_lang):
             read += 1
             src, tgt = clean_text(raw_src), clean_text(raw_tgt)
             reason = pair_reason(src, tgt, None)
@@ -154,7 +152,7 @@ def scan_eval(source, cfg, path: Path, split: str, progress) -> dict:
                 filters[reason] += 1
                 continue
             f.write(f"{src}\t{tgt}\n")
-            keys.add(stable_hash(src, cfg.data.split_seed))
+            keys.add(stable_hash(src, data.split_seed))
             if read % SCAN_REPORT == 0:
                 progress.update(task, completed=read)
     progress.update(task, completed=read, total=read)
@@ -163,26 +161,25 @@ def scan_eval(source, cfg, path: Path, split: str, progress) -> dict:
     return {"read": read, "filters": filters, "keys": keys}
 
 
-def carve_sizes(cfg) -> tuple[int, int]:
+def carve_sizes(data: DataConfig) -> tuple[int, int]:
     """Pairs to carve out of train for valid and test (0 where they have their own source)."""
-    data = cfg.data
     return (
         data.valid_size if data.valid is None else 0,
         data.test_size if data.test is None else 0,
     )
 
 
-def scan_train(cfg, path: Path, eval_keys: set[int], progress) -> dict:
+def scan_train(data: DataConfig, path: Path, eval_keys: set[int], progress) -> dict:
     """Clean and filter the train source into `path`, dedup it and carve valid/test if asked.
 
     Memory per pair: a one-byte split code (TRAIN, VALID, TEST or DROPPED for a duplicate), plus
     an 8-byte pair hash while deduplicating.
     """
-    data, fc, seed = cfg.data, cfg.data.filters, cfg.data.split_seed
+    fc, seed = data.filters, data.split_seed
     task = progress.add_task("reading train", total=data.max_train_pairs)
     filters, read, peak = Counter(), 0, rss_mb()
     kept, pair_hashes = 0, array("Q")
-    splitter = GroupSplitter(*carve_sizes(cfg))
+    splitter = GroupSplitter(*carve_sizes(data))
     pairs = read_source(data.train, data.src_lang, data.tgt_lang)
     with open(path, "w", encoding="utf-8") as f:
         for raw_src, raw_tgt in islice(pairs, data.max_train_pairs):
@@ -209,14 +206,14 @@ def scan_train(cfg, path: Path, eval_keys: set[int], progress) -> dict:
         codes[~first_occurrences(np.frombuffer(pair_hashes, dtype=np.uint64))] = DROPPED
         filters["duplicate"] = int((codes == DROPPED).sum())
     del pair_hashes
-    carved = carve(cfg, codes, splitter, filters, read)
+    carved = carve(data, codes, splitter, filters, read)
     return {"read": read, "filters": filters, "codes": codes, "carved": carved,
             "rss_mb": max(peak, rss_mb())}  # fmt: skip
 
 
-def carve(cfg, codes: np.ndarray, splitter: GroupSplitter, filters: Counter, read: int) -> dict:
+def carve(data: DataConfig, codes: np.ndarray, splitter: GroupSplitter, filters: Counter, read: int) -> dict:
     """Move the chosen source-sentence groups of train pairs into valid/test; returns the counts."""
-    n_valid, n_test = carve_sizes(cfg)
+    n_valid, n_test = carve_sizes(data)
     live = int((codes == TRAIN).sum())
     if not live:
         raise MtcliError(_empty_message("train", filters, read))
@@ -238,9 +235,8 @@ def _empty_message(split: str, filters: Counter, read: int | None = None) -> str
 # ----------------------------------------------------------------------------- SentencePiece
 
 
-def train_models(cfg, path: Path, codes: np.ndarray, out: Path, progress) -> dict:
+def train_models(tok: TokenizerConfig, data: DataConfig, path: Path, codes: np.ndarray, out: Path, progress) -> dict:
     """Train the joint model (`spm.model`) or one per side (`spm.src.model`, `spm.tgt.model`)."""
-    tok = cfg.tokenizer
     n_train = int((codes == TRAIN).sum())
     sides = ["src", "tgt"]
     plans = {"joint": sides} if tok.joint else {side: [side] for side in sides}
@@ -253,10 +249,10 @@ def train_models(cfg, path: Path, codes: np.ndarray, out: Path, progress) -> dic
         # behind) only what it trains on, whatever the corpus size.
         keep = min(1.0, tok.input_sentence_size / (n_train * len(use)))
         lines = _train_sentences(
-            path, codes, use, keep, cfg.data.split_seed,
+            path, codes, use, keep, data.split_seed,
             lambda n, task=task: progress.update(task, completed=n),
         )  # fmt: skip
-        model_path = train_spm(lines, prefix, tok, cfg.data.split_seed, cfg.data.filters.max_chars)
+        model_path = train_spm(lines, prefix, tok, data.split_seed, data.filters.max_chars)
         for side in use:
             models[side] = load_spm(model_path)
     return models
@@ -296,7 +292,7 @@ def _version(package: str) -> str | None:
 
 
 def counts_sequence(
-    split: str, cfg, scans: dict, filters: dict, results: dict, augmented: int = 0
+    split: str, fc: FilterConfig, scans: dict, filters: dict, results: dict, augmented: int
 ) -> dict:
     """Pairs remaining after each step, in order: {"read": n, "empty": n, ...}."""
     scan = scans.get(split)
@@ -304,7 +300,7 @@ def counts_sequence(
         return {"read": results[split]["pairs"]}
     left = scan["read"]
     steps = {"read": left}
-    for reason in _reasons(split, cfg):
+    for reason in _reasons(split, fc):
         if reason == "max_tokens":  # carving happens between the text and the token filters
             for carved_split, n in scan["carved"].items():
                 left -= n
@@ -321,47 +317,33 @@ def make_manifest(cfg, fp, records, scans, binarizer, results, sizes, dtype, tim
     """Everything a reader of the prepared data needs to know, as a JSON-able dict."""
     data, tok = cfg.data, cfg.tokenizer
     reads = {split: scan["read"] for split, scan in scans.items()}
-    inputs = [{**r, "lines": reads.get(r["role"])} for r in records]
     filters = {}
     for split in results:
         found = Counter(scans.get(split, {}).get("filters", {})) + binarizer.filters[split]
-        filters[split] = {reason: found.get(reason, 0) for reason in _reasons(split, cfg)}
+        filters[split] = {reason: found.get(reason, 0) for reason in _reasons(split, data.filters)}
     splits = {}
     for split, stats in results.items():
         origin = "carved from train" if split in scans["train"]["carved"] else split
         read = scans[split]["read"] if split in scans else stats["pairs"]
         splits[split] = {"source": origin, "read": read, **stats}
     return {
-        "format": prepstate.FORMAT,
+        "format": freshness.FORMAT,
         "fingerprint": fp,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "src_lang": data.src_lang,
         "tgt_lang": data.tgt_lang,
         "dtype": dtype.name,
-        "vocab": {
-            "joint": tok.joint,
-            "type": tok.type,
-            "src_size": sizes["src"],
-            "tgt_size": sizes["tgt"],
-            "character_coverage": tok.character_coverage,
-            "models": ["spm.model"] if tok.joint else ["spm.src.model", "spm.tgt.model"],
-        },
+        "vocab": _vocab_entry(tok, sizes),
         "splits": splits,
         "augmented": {"strip_punct": binarizer.augmented},
         "filters": filters,
         "counts": {
-            split: counts_sequence(split, cfg, scans, filters, results, binarizer.augmented)
+            split: counts_sequence(split, data.filters, scans, filters, results, binarizer.augmented)
             for split in results
         },
-        "inputs": inputs,
+        "inputs": [{**r, "lines": reads.get(r["role"])} for r in records],
         "config": {"data": data.model_dump(mode="json"), "tokenizer": tok.model_dump(mode="json")},
-        "versions": {
-            "mtcli": _version("mtcli"),
-            "sentencepiece": _version("sentencepiece"),
-            "datasets": _version("datasets"),
-            "numpy": _version("numpy"),
-            "python": platform.python_version(),
-        },
+        "versions": _versions(),
         "seconds": {k: round(v, 2) for k, v in times.items()},
         "rss_mb": {
             "read": scans["train"]["rss_mb"],
@@ -372,12 +354,34 @@ def make_manifest(cfg, fp, records, scans, binarizer, results, sizes, dtype, tim
     }
 
 
-def _reasons(split: str, cfg) -> list[str]:
+def _vocab_entry(tok: TokenizerConfig, sizes: dict) -> dict:
+    """The manifest's `vocab` (read back by `manifest.Manifest`)."""
+    return {
+        "joint": tok.joint,
+        "type": tok.type,
+        "src_size": sizes["src"],
+        "tgt_size": sizes["tgt"],
+        "character_coverage": tok.character_coverage,
+        "models": ["spm.model"] if tok.joint else ["spm.src.model", "spm.tgt.model"],
+    }
+
+
+def _versions() -> dict:
+    return {
+        "mtcli": _version("mtcli"),
+        "sentencepiece": _version("sentencepiece"),
+        "datasets": _version("datasets"),
+        "numpy": _version("numpy"),
+        "python": platform.python_version(),
+    }
+
+
+def _reasons(split: str, fc: FilterConfig) -> list[str]:
     if split != "train":
         return ["empty"]
     reasons = list(REASONS)
-    if not cfg.data.filters.dedup:
+    if not fc.dedup:
         reasons.remove("duplicate")
-    if not cfg.data.filters.remove_eval_overlap:
+    if not fc.remove_eval_overlap:
         reasons.remove("eval_overlap")
     return reasons

@@ -70,12 +70,6 @@ def read_lines(path: str) -> Iterator[str]:
             raise MtcliError(f"{path}: line {n + 1}: cannot read: {exc}") from None
 
 
-def count_lines(path: str) -> int:
-    """Number of lines in a plain or gzip'd file."""
-    with open_binary(path) as f:
-        return sum(1 for _ in f)
-
-
 def read_pair(source: PairSource) -> Iterator[Pair]:
     """Two line-aligned files; differing line counts are an error naming both files and counts."""
     src_lines, tgt_lines = read_lines(source.src), read_lines(source.tgt)

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-SPECIAL = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
-
 
 def ids_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every id."""

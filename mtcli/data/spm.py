@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mtcli.config import TokenizerConfig
-from mtcli.data.splits import SPECIAL
+from mtcli.data.manifest import SPECIAL
 from mtcli.errors import MtcliError, RunFailure
 
 
@@ -105,10 +105,6 @@ class Tokenizer:
     def encode_src(self, lines: list[str]) -> list[list[int]]:
         """Source sentences -> ids (no BOS/EOS)."""
         return self.src.encode(lines)
-
-    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
-        """Target sentences -> ids (no BOS/EOS)."""
-        return self.tgt.encode(lines)
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Target ids -> detokenized text (special ids dropped)."""

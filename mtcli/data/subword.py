@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcli.data.splits import SPECIAL, Split, ids_dtype
+from mtcli.config import TrainConfig
+from mtcli.data.manifest import SPECIAL, Manifest
+from mtcli.data.splits import Split, ids_dtype
 from mtcli.errors import MtcliError
 
 
@@ -73,14 +75,14 @@ def epoch_seed(seed: int, epoch: int, side: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, side])
 
 
-def subword_samplers(data_dir: Path, vocab: dict, train: tuple[Split, Split], t) -> tuple | None:
+def subword_samplers(data_dir: Path, manifest: Manifest, train: tuple[Split, Split], t: TrainConfig) -> tuple | None:
     """(source, target) samplers when `train.subword_alpha` > 0, else None."""
     if t.subword_alpha <= 0:
         return None
-    if vocab.get("type") != "unigram":
+    if manifest.tokenizer_type != "unigram":
         raise MtcliError(f"train.subword_alpha={t.subword_alpha} samples segmentations of a unigram model, "
-                         f"but tokenizer.type is {vocab.get('type')}; set train.subword_alpha=0")  # fmt: skip
-    models = ("spm.model", "spm.model") if vocab["joint"] else ("spm.src.model", "spm.tgt.model")
+                         f"but tokenizer.type is {manifest.tokenizer_type}; set train.subword_alpha=0")  # fmt: skip
+    models = ("spm.model", "spm.model") if manifest.vocab.joint else ("spm.src.model", "spm.tgt.model")
     return tuple(
         SubwordSampler(side, Path(data_dir) / model, t.subword_alpha, t.subword_nbest)
         for side, model in zip(train, models)

@@ -60,6 +60,7 @@ def load_bundle(path: Path, device: str = "cpu"):
     from safetensors.torch import load_model
 
     from mtcli.config import config_from_dict
+    from mtcli.data.manifest import Vocab
     from mtcli.data.spm import Tokenizer
     from mtcli.model.transformer import build_model
 
@@ -73,7 +74,7 @@ def load_bundle(path: Path, device: str = "cpu"):
         meta = json.loads((path / "metadata.json").read_text())
         cfg = config_from_dict(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
         tok = Tokenizer(path)
-        model = build_model(cfg.model, meta["src_vocab"], meta["tgt_vocab"], meta["joint"], meta["pad_id"])
+        model = build_model(cfg.model, Vocab.from_saved(meta))
         load_model(model, str(path / "model.safetensors"), device=device)
     except MtcliError:
         raise

@@ -5,7 +5,7 @@ torch's `nn.Linear` on CPU calls MKL's sgemm on the plain weight, which is packe
 internal layout again on every call. `pack_linears` swaps every `nn.Linear` and the tied output
 projection for a `PackedLinear`, whose weight is reordered once into oneDNN's blocked layout. On
 the development VM that ran the decoder's GEMMs at 186-223 GFLOP/s against 141-181 for
-`nn.Linear` (docs/BENCHMARKS.md, issue 5). It is still float32 (same math, another summation
+`nn.Linear` (docs/BENCHMARKS.md). It is still float32 (same math, another summation
 order), so translations match the unpacked model up to rounding.
 
 With `bf16=True` (`decode.bf16`) the weights are packed in bfloat16 and each linear multiplies

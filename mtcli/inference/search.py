@@ -11,9 +11,11 @@ batch so later steps only pay for the live ones. Beam size 1 is exactly greedy s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from mtcli.config import DecodeConfig
 
 NEG_INF = float("-inf")
 
@@ -27,24 +29,37 @@ class Hypothesis:
     score: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchParams:
-    """Plain search settings (filled from the bundle's decode config and CLI overrides)."""
+    """Plain search settings, built from a decode config by `from_decode` (its schema holds the
+    defaults), with the tokenizer's special ids."""
 
-    beam_size: int = 5
-    nbest: int = 1
-    length_penalty: float = 1.0
-    max_len_a: float = 1.2
-    max_len_b: int = 10
-    min_len: int = 1
-    sampling: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    bos_id: int = 2
-    eos_id: int = 3
-    pad_id: int = 0
-    extra: dict = field(default_factory=dict)
+    beam_size: int
+    nbest: int
+    length_penalty: float
+    max_len_a: float
+    max_len_b: int
+    min_len: int
+    sampling: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    @classmethod
+    def from_decode(cls, d: DecodeConfig, ids, beam: int | None = None, nbest: int | None = None) -> SearchParams:
+        """From `decode` settings and anything with `bos_id`/`eos_id`/`pad_id` (a Tokenizer);
+        `beam`/`nbest` override the config's (the n-best list is at most the beam unless sampling)."""
+        beam_size = beam or d.beam_size
+        nbest = nbest or d.nbest
+        return cls(
+            beam_size=beam_size, nbest=nbest if d.sampling else min(nbest, beam_size),
+            length_penalty=d.length_penalty, max_len_a=d.max_len_a, max_len_b=d.max_len_b, min_len=d.min_len,
+            sampling=d.sampling, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+            bos_id=ids.bos_id, eos_id=ids.eos_id, pad_id=ids.pad_id,
+        )  # fmt: skip
 
 
 def length_norm(logprob: torch.Tensor | float, length: int, alpha: float):

@@ -19,7 +19,7 @@ STDIN_CHUNK_LINES = 1000
 class Translator:
     """A model, its tokenizer and search settings: text lines in, hypotheses out."""
 
-    def __init__(self, model, tokenizer, params, max_tokens: int = 8000, device=None, warn=None, workers: int = 0):
+    def __init__(self, model, tokenizer, params, max_tokens: int, workers: int, device=None, warn=None):
         self.model, self.tok, self.params = model, tokenizer, params
         self.max_tokens = max_tokens
         self.workers = workers
@@ -35,23 +35,9 @@ class Translator:
                 ids[i] = seq[: self.max_src]
         return ids
 
-    def _batches(self, ids: list[list[int]]) -> Iterator[list[int]]:
-        # Longest first so the first batch shows at once whether memory suffices.
-        order = sorted((i for i, s in enumerate(ids) if s), key=lambda i: -len(ids[i]))
-        batch, width = [], 0
-        for i in order:
-            w = max(width, len(ids[i]) + 1)
-            if batch and w * (len(batch) + 1) > self.max_tokens:
-                yield batch
-                batch, w = [], len(ids[i]) + 1
-            batch.append(i)
-            width = w
-        if batch:
-            yield batch
-
     def translate(self, lines: list[str], first_line: int = 1) -> list[list[dict]]:
         """Hypotheses (dicts: text, tokens, score, logprob) for each line, in input order."""
-        from mtcli.data.batching import pad_batch
+        from mtcli.data.batching import pack, pad_batch
         from mtcli.inference.search import beam_search
 
         clean = [" ".join(line.split()) for line in lines]
@@ -62,7 +48,9 @@ class Translator:
             src = pad_batch([ids[i] for i in batch], self.params.pad_id, suffix=self.params.eos_id)
             return beam_search(self.model, src.to(self.device), self.params)
 
-        batches = list(self._batches(ids))
+        # Longest first so the first batch shows at once whether memory suffices.
+        order = sorted((i for i, s in enumerate(ids) if s), key=lambda i: -len(ids[i]))
+        batches = pack(order, [len(s) + 1 for s in ids], self.max_tokens)
         # Sampling draws from torch's global generator: keep its order fixed with one worker.
         workers = 1 if self.params.sampling or str(self.device) != "cpu" else self.workers
         for batch, hyps in zip(batches, parallel_map(search, batches, workers)):
@@ -102,20 +90,6 @@ def parallel_map(fn, items: list, workers: int) -> Iterator:
         torch.set_num_threads(total)
 
 
-def search_params(decode_cfg, tok, beam: int | None = None, nbest: int | None = None):
-    """SearchParams from a DecodeConfig, with CLI overrides."""
-    from mtcli.inference.search import SearchParams
-
-    d = decode_cfg
-    beam_size = beam or d.beam_size
-    return SearchParams(
-        beam_size=beam_size, nbest=min(nbest or d.nbest, beam_size) if not d.sampling else (nbest or d.nbest),
-        length_penalty=d.length_penalty, max_len_a=d.max_len_a, max_len_b=d.max_len_b, min_len=d.min_len,
-        sampling=d.sampling, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-        bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
-    )  # fmt: skip
-
-
 def resolve_model_path(model: Path | None) -> Path:
     """--model, else $MTCLI_MODEL, else ./runs/latest."""
     if model is not None:
@@ -130,21 +104,22 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
 
     from mtcli.config import apply_overrides, config_from_dict
     from mtcli.inference.bundle import load_bundle
+    from mtcli.inference.search import SearchParams
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg, tok, _ = load_bundle(resolve_model_path(model), device)
-    overrides = [*overrides, *(["decode.int8=true"] if int8 else []), *(["decode.bf16=true"] if bf16 else [])]
     if overrides:
         bad = [o for o in overrides if not o.startswith("decode.")]
         if bad:
             raise MtcliError(f"--set {bad[0]}: translate only accepts decode.* keys")
         raw = apply_overrides(cfg.model_dump(mode="json"), list(overrides))
         cfg = config_from_dict(raw, "--set")
-    params = search_params(cfg.decode, tok, beam, nbest)
-    if cfg.decode.int8 and cfg.decode.bf16:
+    decode = cfg.decode.model_copy(update={"int8": cfg.decode.int8 or int8, "bf16": cfg.decode.bf16 or bf16})
+    if decode.int8 and decode.bf16:
         raise MtcliError("decode.int8 and decode.bf16 (--int8, --bf16) exclude each other: choose one")
-    net = inference_model(net, device, cfg.decode.int8, cfg.decode.bf16)
-    return Translator(net, tok, params, cfg.decode.max_tokens, device, workers=cfg.decode.workers)
+    params = SearchParams.from_decode(decode, tok, beam, nbest)
+    net = inference_model(net, device, decode.int8, decode.bf16)
+    return Translator(net, tok, params, decode.max_tokens, decode.workers, device)
 
 
 def inference_model(net, device, int8: bool = False, bf16: bool = False, warn=None):

@@ -99,7 +99,7 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention on `scaled_dot_product_attention` (CPU inference with few queries per
     row: `_attend`), with optional key/value cache."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
@@ -173,7 +173,7 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """Position-wise feed-forward: linear -> activation -> dropout -> linear."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "relu"):
+    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
@@ -194,12 +194,12 @@ class EncoderLayer(nn.Module):
         d_ff: int,
         dropout: float,
         norm: str,
-        norm_type: str = "layernorm",
-        attention_dropout: float = 0.0,
-        activation: str = "relu",
-        eps: float = 1e-5,
-        alpha: float = 1.0,
-        residual: bool = True,
+        norm_type: str,
+        attention_dropout: float,
+        activation: str,
+        eps: float,
+        alpha: float,
+        residual: bool,
     ):
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
@@ -224,12 +224,12 @@ class DecoderLayer(nn.Module):
         d_ff: int,
         dropout: float,
         norm: str,
-        norm_type: str = "layernorm",
-        attention_dropout: float = 0.0,
-        activation: str = "relu",
-        eps: float = 1e-5,
-        alpha: float = 1.0,
-        residual: bool = True,
+        norm_type: str,
+        attention_dropout: float,
+        activation: str,
+        eps: float,
+        alpha: float,
+        residual: bool,
     ):
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)

@@ -18,9 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mtcli.config import NORM_PLACEMENTS
 from mtcli.model.dropout import Dropout
-
-PLACEMENTS = ("post", "pre", "deepnorm", "none")
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -50,7 +49,7 @@ class _RMSNormFunction(torch.autograd.Function):
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019): rescale only, no centring, no bias."""
 
-    def __init__(self, d_model: int, eps: float = 1e-5):
+    def __init__(self, d_model: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
@@ -85,13 +84,13 @@ class Residual(nn.Module):
         norm: str,
         norm_type: str,
         dropout: float,
-        eps: float = 1e-5,
-        alpha: float = 1.0,
-        residual: bool = True,
+        eps: float,
+        alpha: float,
+        residual: bool,
     ):
         super().__init__()
-        if norm not in PLACEMENTS:
-            raise ValueError(f"unknown norm placement {norm!r}; expected one of {PLACEMENTS}")
+        if norm not in NORM_PLACEMENTS:
+            raise ValueError(f"unknown norm placement {norm!r}; expected one of {NORM_PLACEMENTS}")
         self.placement = norm
         self.alpha = alpha
         self.residual = residual

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtcli.config import ModelConfig
+from mtcli.data.manifest import Vocab
 from mtcli.model.dropout import Dropout
 from mtcli.model.layers import DecoderLayer, EncoderLayer, KVCache
 from mtcli.model.residual import deepnorm_constants, final_norm
@@ -67,16 +69,16 @@ class Transformer(nn.Module):
         decoder_layers: int,
         dropout: float,
         norm: str,
-        norm_type: str = "layernorm",
-        attention_dropout: float = 0.0,
-        activation: str = "relu",
-        eps: float = 1e-5,
-        residual: bool = True,
-        positions: str = "sinusoidal",
-        max_positions: int = 1024,
-        share_embeddings: bool = False,
-        tie_output: bool = True,
-        pad_id: int = 0,
+        norm_type: str,
+        attention_dropout: float,
+        activation: str,
+        eps: float,
+        residual: bool,
+        positions: str,
+        max_positions: int,
+        share_embeddings: bool,
+        tie_output: bool,
+        pad_id: int,
     ):
         super().__init__()
         self.pad_id = pad_id
@@ -186,12 +188,12 @@ class Transformer(nn.Module):
         return self
 
 
-def build_model(model_cfg, src_vocab: int, tgt_vocab: int, joint: bool, pad_id: int = 0) -> Transformer:
-    """The one place that turns a `ModelConfig` into a Transformer."""
+def transformer_kwargs(model_cfg: ModelConfig, vocab: Vocab) -> dict:
+    """The Transformer's arguments for a `ModelConfig` and a vocabulary (the only reader of both)."""
     m = model_cfg
-    return Transformer(
-        src_vocab=src_vocab,
-        tgt_vocab=tgt_vocab,
+    return dict(
+        src_vocab=vocab.src_size,
+        tgt_vocab=vocab.tgt_size,
         d_model=m.d_model,
         n_heads=m.n_heads,
         d_ff=m.d_ff,
@@ -206,7 +208,12 @@ def build_model(model_cfg, src_vocab: int, tgt_vocab: int, joint: bool, pad_id: 
         residual=m.residual,
         positions=m.positions,
         max_positions=m.max_positions,
-        share_embeddings=m.tie_embeddings and joint,
+        share_embeddings=m.tie_embeddings and vocab.joint,
         tie_output=m.tie_embeddings,
-        pad_id=pad_id,
+        pad_id=vocab.pad_id,
     )
+
+
+def build_model(model_cfg: ModelConfig, vocab: Vocab) -> Transformer:
+    """The one place that turns a `ModelConfig` and a vocabulary into a Transformer."""
+    return Transformer(**transformer_kwargs(model_cfg, vocab))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mtcli.data.splits import SPECIAL
+from mtcli.data.manifest import SPECIAL, Vocab
 from mtcli.errors import MtcliError, RunFailure
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
@@ -103,10 +103,10 @@ def average_checkpoints(chosen: list[Path], data_dir: Path, out: Path) -> Path:
 
     head = load_checkpoint(chosen[-1])
     cfg = config_from_dict(head["config"], str(chosen[-1]))
-    vocab = head["vocab"]
-    model = build_model(cfg.model, vocab["src_vocab"], vocab["tgt_vocab"], vocab["joint"])
+    vocab = Vocab.from_saved(head["vocab"])
+    model = build_model(cfg.model, vocab)
     model.load_state_dict(average_state_dicts(chosen))
-    meta = {**vocab, **SPECIAL, "step": head["state"]["step"],
+    meta = {**vocab.saved(), **SPECIAL, "step": head["state"]["step"],
             "weights": f"average of {', '.join(p.name for p in chosen)}", "mtcli": __version__,
             "parameters": sum(p.numel() for p in model.parameters()),
             "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}  # fmt: skip

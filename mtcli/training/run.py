@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 import torch
 
+from mtcli.data.manifest import read_manifest
+from mtcli.inference.bundle import export_bundle, link_latest
+from mtcli.model.transformer import build_model
+from mtcli.training.checkpoints import average_state_dicts, load_checkpoint, step_checkpoints
 from mtcli.training.distributed import Dist
 from mtcli.training.progress import Display, MetricsLog
 from mtcli.training.trainer import Trainer
@@ -16,13 +19,15 @@ from mtcli.training.trainer import Trainer
 def _translator_factory(trainer: Trainer):
     """Builds a greedy (or eval_beam_size) Translator over the live model for validation BLEU."""
     from mtcli.data.spm import Tokenizer
-    from mtcli.inference.translator import Translator, search_params
+    from mtcli.inference.search import SearchParams
+    from mtcli.inference.translator import Translator
 
     tok = Tokenizer(trainer.data_dir)
+    decode = trainer.cfg.decode
 
     def make():
-        params = search_params(trainer.cfg.decode, tok, beam=trainer.t.eval_beam_size, nbest=1)
-        return Translator(trainer.model, tok, params, trainer.cfg.decode.max_tokens, trainer.dist.device)
+        params = SearchParams.from_decode(decode, tok, beam=trainer.t.eval_beam_size, nbest=1)
+        return Translator(trainer.model, tok, params, decode.max_tokens, decode.workers, trainer.dist.device)
 
     return make
 
@@ -39,7 +44,7 @@ def run_train(cfg, restart: bool = False) -> Path | None:
         if dist.rank == 0:
             run_prepare(cfg)
         dist.barrier()
-        manifest = json.loads((cfg.run_path / "data" / "manifest.json").read_text())
+        manifest = read_manifest(cfg.run_path / "data")
         if restart and dist.rank == 0:
             shutil.rmtree(cfg.run_path / "checkpoints", ignore_errors=True)
         dist.barrier()
@@ -49,14 +54,14 @@ def run_train(cfg, restart: bool = False) -> Path | None:
         if dist.rank == 0:
             (cfg.run_path / "config.yaml").write_text(to_yaml(cfg))
             n_params = sum(p.numel() for p in trainer.model.parameters())
-            how = f"resuming from step {trainer.state['step']}" if resumed else "starting"
+            how = f"resuming from step {trainer.state.step}" if resumed else "starting"
             display.message(f"{how}: {n_params:,} parameters, {len(trainer.train_src):,} training pairs, "
                             f"device {dist.device}, {dist.world} process(es), {torch.get_num_threads()} threads")  # fmt: skip
             if trainer.samplers:
                 t = cfg.train
                 display.message(f"subword sampling each epoch: alpha {t.subword_alpha}, nbest {t.subword_nbest} "
                                 f"(n-best lists in {trainer.sampler_seconds:.1f}s)")
-        log = MetricsLog(cfg.run_path / "metrics.jsonl", trainer.state["step"] if resumed else None) if dist.rank == 0 else None
+        log = MetricsLog(cfg.run_path / "metrics.jsonl", trainer.state.step if resumed else None) if dist.rank == 0 else None
         trainer.install_signals()
         try:
             trainer.fit(display, log, _translator_factory(trainer))
@@ -72,16 +77,40 @@ def run_train(cfg, restart: bool = False) -> Path | None:
 def _finish(trainer: Trainer, display: Display, cfg) -> Path | None:
     """Export (rank 0), print the summary, and exit non-zero after a signal."""
     s = trainer.state
-    bundle = trainer.export() if trainer.dist.rank == 0 else None
+    bundle = export(trainer) if trainer.dist.rank == 0 else None
     trainer.dist.barrier()
     if trainer.dist.rank == 0:
-        best = f", best {trainer.t.best_metric} {s['best']} at step {s['best_step']}" if s["best"] is not None else ""
-        display.message(f"done: {trainer.stop_reason}; step {s['step']}, epoch {s['epoch']}, {s['tokens']:,} target "
-                        f"tokens in {s['elapsed']:.0f}s{best}; skipped updates {s['skipped']}")  # fmt: skip
+        best = f", best {trainer.t.best_metric} {s.best} at step {s.best_step}" if s.best is not None else ""
+        display.message(f"done: {trainer.stop_reason}; step {s.step}, epoch {s.epoch}, {s.tokens:,} target "
+                        f"tokens in {s.elapsed:.0f}s{best}; skipped updates {s.skipped}")  # fmt: skip
         display.message(f"model bundle: {bundle} (runs/latest points to it)")
     if trainer._signal is not None:
         if trainer.dist.rank == 0:
-            display.message(f"interrupted: checkpoint saved at step {s['step']}; resume with "
+            display.message(f"interrupted: checkpoint saved at step {s.step}; resume with "
                             f"`mtcli train <config>` (same config) or start over with --restart")  # fmt: skip
         raise SystemExit(130 if trainer._signal == signal.SIGINT else 143)
+    return bundle
+
+
+def export(trainer: Trainer) -> Path:
+    """Write the model bundle (averaged, best or last weights) and update runs/latest."""
+    from mtcli import __version__
+
+    t, weights, source = trainer.t, None, f"last (step {trainer.state.step})"
+    numbered = step_checkpoints(trainer.ckpt_dir)
+    if t.average_last > 1 and len(numbered) > 1:
+        chosen = numbered[-t.average_last :]
+        weights, source = average_state_dicts(chosen), f"average of {len(chosen)} last checkpoints"
+    elif (trainer.ckpt_dir / "best.pt").exists():
+        weights = load_checkpoint(trainer.ckpt_dir / "best.pt")["model"]
+        source = f"best {t.best_metric} (step {trainer.state.best_step})"
+    model = build_model(trainer.cfg.model, trainer.vocab)
+    model.load_state_dict(weights if weights is not None else trainer.model.state_dict())
+    meta = {**trainer.vocab.saved(), **trainer.ids, "step": trainer.state.step, "weights": source,
+            "best": trainer.state.best, "best_metric": t.best_metric, "mtcli": __version__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "src_lang": trainer.cfg.data.src_lang, "tgt_lang": trainer.cfg.data.tgt_lang}  # fmt: skip
+    bundle = trainer.run / "model"
+    export_bundle(model, trainer.cfg.model_dump(mode="json"), trainer.data_dir, bundle, meta)
+    link_latest(bundle)
     return bundle

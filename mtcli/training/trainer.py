@@ -12,19 +12,18 @@ import ctypes
 import math
 import signal
 import time
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from mtcli.data.batching import collate, token_batches
-from mtcli.data.splits import SPECIAL, load_pair
+from mtcli.data.manifest import SPECIAL, Manifest
+from mtcli.data.splits import load_pair
 from mtcli.data.subword import epoch_seed, subword_samplers
 from mtcli.errors import MtcliError, RunFailure
-from mtcli.inference.bundle import export_bundle, link_latest
 from mtcli.model.transformer import build_model
 from mtcli.training.checkpoints import (
     atomic_save,
-    average_state_dicts,
     load_checkpoint,
     prune,
     shape_mismatch,
@@ -49,34 +48,57 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+@dataclass
+class TrainState:
+    """The loop's position and bookkeeping; saved in every checkpoint as a plain dict."""
+
+    step: int = 0  # optimizer updates done
+    epoch: int = 1
+    batch_pos: int = 0  # batches of this epoch already consumed (all ranks together)
+    elapsed: float = 0.0  # training seconds, the clock of train.max_time and time-based schedules
+    tokens: int = 0  # target tokens trained on
+    best: float | None = None  # best value of train.best_metric so far
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the best one (patience)
+    skipped: int = 0  # updates dropped for a non-finite loss or gradient
+    bad_run: int = 0  # of those, how many in a row
+
+    def saved(self) -> dict:
+        """The checkpoint form."""
+        return asdict(self)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainState:
+        """From a checkpoint's `state` (keys an older version did not write keep their start value)."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
 class Trainer:
     """Owns the model, optimizer, data and the loop state for one run directory."""
 
-    def __init__(self, cfg, manifest: dict, dist: Dist):
+    def __init__(self, cfg, manifest: Manifest, dist: Dist):
         self.cfg, self.t, self.dist = cfg, cfg.train, dist
         if dist.device.type == "cpu":
             keep_freed_memory()
         self.run = cfg.run_path
         self.data_dir = self.run / "data"
         self.ckpt_dir = self.run / "checkpoints"
-        vocab = manifest["vocab"]
         self.ids = dict(SPECIAL)
-        self.vocab = {"src_vocab": vocab["src_size"], "tgt_vocab": vocab["tgt_size"], "joint": vocab["joint"]}
-        self.train_src, self.train_tgt = load_pair(self.data_dir, "train", manifest["dtype"])
-        self.valid = load_pair(self.data_dir, "valid", manifest["dtype"]) if "valid" in manifest["splits"] else None
+        self.vocab = manifest.vocab
+        self.train_src, self.train_tgt = load_pair(self.data_dir, "train", manifest.dtype)
+        self.valid = load_pair(self.data_dir, "valid", manifest.dtype) if "valid" in manifest.splits else None
         began = time.time()
-        self.samplers = subword_samplers(self.data_dir, vocab, (self.train_src, self.train_tgt), self.t)
+        self.samplers = subword_samplers(self.data_dir, manifest, (self.train_src, self.train_tgt), self.t)
         self.sampler_seconds = time.time() - began  # counted in the training time by `fit`
         self.epoch_src, self.epoch_tgt = self.train_src, self.train_tgt
         torch.manual_seed(self.t.seed)
-        self.model = build_model(cfg.model, vocab["src_size"], vocab["tgt_size"], vocab["joint"]).to(dist.device)
+        self.model = build_model(cfg.model, self.vocab).to(dist.device)
         self.optimizer = build_optimizer(self.model.parameters(), self.t)
         self.amp_dtype, self.scaler = self._amp()
         self.net = dist.wrap(self.model)
         if self.t.compile:
             self.net = torch.compile(self.net)
-        self.state = {"step": 0, "epoch": 1, "batch_pos": 0, "elapsed": 0.0, "tokens": 0,
-                      "best": None, "best_step": None, "bad_evals": 0, "skipped": 0}  # fmt: skip
+        self.state = TrainState()
         self.stop_reason: str | None = None
         self._signal: int | None = None
 
@@ -97,13 +119,13 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None, "state": dict(self.state),
-                "rng": rng, "config": self.cfg.model_dump(mode="json"), "vocab": self.vocab}  # fmt: skip
+                "scaler": self.scaler.state_dict() if self.scaler else None, "state": self.state.saved(),
+                "rng": rng, "config": self.cfg.model_dump(mode="json"), "vocab": self.vocab.saved()}  # fmt: skip
 
     def save(self) -> None:
         """Write step_XXXXXXXX.pt atomically and prune old ones (rank 0)."""
         if self.dist.rank == 0:
-            atomic_save(self.checkpoint(), self.ckpt_dir / f"step_{self.state['step']:08d}.pt")
+            atomic_save(self.checkpoint(), self.ckpt_dir / f"step_{self.state.step:08d}.pt")
             prune(self.ckpt_dir, self.t.keep_last)
         self.dist.barrier()
 
@@ -114,8 +136,8 @@ class Trainer:
             return False
         ckpt = load_checkpoint(found[-1])
         diffs = shape_mismatch(ckpt.get("config", {}), self.cfg.model_dump(mode="json"))
-        if ckpt.get("vocab") != self.vocab:
-            diffs.append(f"vocabulary ({ckpt.get('vocab')} -> {self.vocab})")
+        if ckpt.get("vocab") != self.vocab.saved():
+            diffs.append(f"vocabulary ({ckpt.get('vocab')} -> {self.vocab.saved()})")
         if diffs:
             raise MtcliError(f"{found[-1]}: config changes the model shape: {'; '.join(diffs)}; "
                              "use --restart to train from scratch")  # fmt: skip
@@ -123,7 +145,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.state.update(ckpt["state"])
+        self.state = TrainState.from_saved(ckpt["state"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -133,10 +155,10 @@ class Trainer:
 
     def _micro_batches(self, batches: list) -> list | None:
         """This rank's batches of the next update, or None when the epoch has too few left."""
-        world, uf, pos = self.dist.world, self.t.update_freq, self.state["batch_pos"]
+        world, uf, pos = self.dist.world, self.t.update_freq, self.state.batch_pos
         if pos + world * uf > len(batches):
             return None
-        self.state["batch_pos"] = pos + world * uf
+        self.state.batch_pos = pos + world * uf
         return [batches[pos + self.dist.rank + world * j] for j in range(uf)]
 
     def update(self, indices: list) -> dict | None:
@@ -150,7 +172,7 @@ class Trainer:
         for i, b in enumerate(micro):
             with self.dist.no_sync(self.net, last=i == len(micro) - 1), self._autocast():
                 logits = self.net(b["src"].to(dev), b["tgt_in"].to(dev))
-                loss, nll = label_smoothed_nll(logits, b["tgt_out"].to(dev), self.t.label_smoothing, 0)
+                loss, nll = label_smoothed_nll(logits, b["tgt_out"].to(dev), self.t.label_smoothing, self.vocab.pad_id)
             scaled = loss * self.dist.world / ntok
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum, nll_sum = loss_sum + float(loss.detach()), nll_sum + float(nll)
@@ -162,8 +184,8 @@ class Trainer:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def _step(self, loss: float, nll: float, ntok: float) -> dict | None:
-        step = self.state["step"] + 1
-        lr = self.t.lr * lr_factor(step, self.t, self.state["elapsed"])
+        step = self.state.step + 1
+        lr = self.t.lr * lr_factor(step, self.t, self.state.elapsed)
         set_lr(self.optimizer, lr)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -177,7 +199,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.state.update(step=step, tokens=self.state["tokens"] + int(ntok), bad_run=0)
+        self.state.step, self.state.tokens, self.state.bad_run = step, self.state.tokens + int(ntok), 0
         row = {"loss": loss, "nll": nll, "lr": lr, "grad_norm": gnorm, "ntokens": int(ntok)}
         if layer_norms:
             row["layer_grad_norms"] = layer_norms
@@ -188,10 +210,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler:  # fp16 overflow is routine: the scaler lowers its scale and we retry
             self.scaler.update()
-        self.state["skipped"] += 1
-        self.state["bad_run"] = self.state.get("bad_run", 0) + 1
-        if self.state["bad_run"] >= self.t.max_bad_steps:
-            raise RunFailure(f"loss is not finite ({loss}) for {self.state['bad_run']} updates in a row at "
+        self.state.skipped += 1
+        self.state.bad_run += 1
+        if self.state.bad_run >= self.t.max_bad_steps:
+            raise RunFailure(f"loss is not finite ({loss}) for {self.state.bad_run} updates in a row at "
                              f"step {step}: the run diverged; lower train.lr or raise train.warmup_steps")  # fmt: skip
         return None
 
@@ -207,8 +229,7 @@ class Trainer:
             n = self.t.eval_max_sentences
             src = read_lines(self.data_dir / "valid.src.txt", n)
             ref = read_lines(self.data_dir / "valid.tgt.txt", n)
-            scores, _ = valid_bleu(translator_factory(), src, ref)
-            row.update(scores)
+            row.update(valid_bleu(translator_factory(), src, ref))
         return row
 
     def improved(self, row: dict) -> bool:
@@ -217,18 +238,18 @@ class Trainer:
         if value is None:
             return False
         higher = self.t.best_metric != "valid_loss"
-        best = self.state["best"]
-        if best is None or (value > best if higher else value < best):
-            self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
+        s = self.state
+        if s.best is None or (value > s.best if higher else value < s.best):
+            s.best, s.best_step, s.bad_evals = value, s.step, 0
             return True
-        self.state["bad_evals"] += 1
+        s.bad_evals += 1
         return False
 
     # ------------------------------------------------------------------ the loop
 
     def epoch_batches(self) -> list:
         """The current epoch's data (re-segmented when sampling subwords) and its batch order."""
-        epoch = self.state["epoch"]
+        epoch = self.state.epoch
         if self.samplers:
             self.epoch_src, self.epoch_tgt = (
                 sampler.sample(epoch_seed(self.t.seed, epoch, side)) for side, sampler in enumerate(self.samplers)
@@ -238,13 +259,13 @@ class Trainer:
     def limits_reached(self) -> str | None:
         """Why training should stop now, or None."""
         s, t = self.state, self.t
-        if t.max_steps and s["step"] >= t.max_steps:
+        if t.max_steps and s.step >= t.max_steps:
             return f"reached train.max_steps={t.max_steps}"
-        if t.max_time and s["elapsed"] >= t.max_time:
+        if t.max_time and s.elapsed >= t.max_time:
             return f"reached train.max_time={t.max_time:.0f}s"
-        if t.max_epochs and s["epoch"] > t.max_epochs:
+        if t.max_epochs and s.epoch > t.max_epochs:
             return f"reached train.max_epochs={t.max_epochs}"
-        if t.patience and s["bad_evals"] >= t.patience:
+        if t.patience and s.bad_evals >= t.patience:
             return f"no {t.best_metric} improvement in {t.patience} evaluations (early stop)"
         if self._signal is not None:
             return f"stopped by {signal.Signals(self._signal).name}"
@@ -264,45 +285,45 @@ class Trainer:
     def fit(self, display: Display, log: MetricsLog | None, make_translator) -> None:
         """Run updates until a limit, evaluating and checkpointing on schedule."""
         s, t = self.state, self.t
-        start_step, last_save = s["step"], s["step"]
+        start_step, last_save = s.step, s.step
         tick, tick_tokens, losses = time.time(), 0, []
         batches = self.epoch_batches()
-        s["elapsed"] += time.time() - tick + self.sampler_seconds
+        s.elapsed += time.time() - tick + self.sampler_seconds
         while (reason := self.limits_reached()) is None:
             began = time.time()
             indices = self._micro_batches(batches)
             if indices is None:  # epoch over: the next one reshuffles (and re-samples) with (seed, epoch)
-                s["epoch"], s["batch_pos"] = s["epoch"] + 1, 0
+                s.epoch, s.batch_pos = s.epoch + 1, 0
                 batches = self.epoch_batches()
-                s["elapsed"] += time.time() - began
+                s.elapsed += time.time() - began
                 continue
             row = self.update(indices)
-            s["elapsed"] += time.time() - began
+            s.elapsed += time.time() - began
             if self.dist.world > 1:  # one clock for all ranks: max_time stops and time-decayed lr agree
-                s["elapsed"] = self.dist.sum(s["elapsed"]) / self.dist.world
+                s.elapsed = self.dist.sum(s.elapsed) / self.dist.world
             self._check_signal()
             if row is None:
                 continue
             tick_tokens += row["ntokens"]
             losses.append(row["loss"])
-            step = s["step"]
+            step = s.step
             if step % t.log_every == 0 or step == t.max_steps:
                 now = time.time()
                 # `loss` is the mean over the updates since the last row, `step_loss` this update's.
-                row.update(step=step, epoch=s["epoch"], time=round(s["elapsed"], 2), step_loss=row["loss"],
+                row.update(step=step, epoch=s.epoch, time=round(s.elapsed, 2), step_loss=row["loss"],
                            loss=sum(losses) / len(losses), tokens_per_s=tick_tokens / max(now - tick, 1e-9))  # fmt: skip
                 tick, tick_tokens, losses = now, 0, []
                 self._log(log, row)
-                display.update(row, s["epoch"], start_step, s["elapsed"])
+                display.update(row, s.epoch, start_step, s.elapsed)
             if self.valid is not None and step % t.eval_every == 0:
                 self._evaluate(display, log, make_translator)
             if step % t.save_every == 0:
                 self.save()
                 last_save = step
         self.stop_reason = reason
-        if self.valid is not None and s["step"] % t.eval_every and s["step"] > start_step:
+        if self.valid is not None and s.step % t.eval_every and s.step > start_step:
             self._evaluate(display, log, make_translator)
-        if s["step"] != last_save or not step_checkpoints(self.ckpt_dir):
+        if s.step != last_save or not step_checkpoints(self.ckpt_dir):
             self.save()
 
     def _check_signal(self) -> None:
@@ -318,37 +339,14 @@ class Trainer:
 
     def _evaluate(self, display: Display, log: MetricsLog | None, make_translator) -> None:
         if self.dist.rank == 0:
-            row = {"step": self.state["step"], "time": round(self.state["elapsed"], 2)}
+            row = {"step": self.state.step, "time": round(self.state.elapsed, 2)}
             row.update(self.evaluate(make_translator))
             better = self.improved(row)
-            row["best"] = self.state["best"]
+            row["best"] = self.state.best
             self._log(log, row)
             display.eval(row)
             if better:
                 atomic_save(self.checkpoint(), self.ckpt_dir / "best.pt")
-        self.state.update(self.dist.broadcast_state(self.state))
-
-    # ------------------------------------------------------------------ export
-
-    def export(self) -> Path:
-        """Write the model bundle (averaged, best or last weights) and update runs/latest."""
-        from mtcli import __version__
-
-        t, weights, source = self.t, None, f"last (step {self.state['step']})"
-        numbered = step_checkpoints(self.ckpt_dir)
-        if t.average_last > 1 and len(numbered) > 1:
-            chosen = numbered[-t.average_last :]
-            weights, source = average_state_dicts(chosen), f"average of {len(chosen)} last checkpoints"
-        elif (self.ckpt_dir / "best.pt").exists():
-            weights = load_checkpoint(self.ckpt_dir / "best.pt")["model"]
-            source = f"best {t.best_metric} (step {self.state['best_step']})"
-        export = build_model(self.cfg.model, self.vocab["src_vocab"], self.vocab["tgt_vocab"], self.vocab["joint"])
-        export.load_state_dict(weights if weights is not None else self.model.state_dict())
-        meta = {**self.vocab, **self.ids, "step": self.state["step"], "weights": source,
-                "best": self.state["best"], "best_metric": t.best_metric, "mtcli": __version__,
-                "parameters": sum(p.numel() for p in export.parameters()),
-                "src_lang": self.cfg.data.src_lang, "tgt_lang": self.cfg.data.tgt_lang}  # fmt: skip
-        bundle = self.run / "model"
-        export_bundle(export, self.cfg.model_dump(mode="json"), self.data_dir, bundle, meta)
-        link_latest(bundle)
-        return bundle
+        if self.dist.world > 1:  # in place: `fit` holds the state object
+            for key, value in self.dist.broadcast_state(self.state.saved()).items():
+                setattr(self.state, key, value)

@@ -33,8 +33,8 @@ def read_lines(path: Path, limit: int | None = None) -> list[str]:
 
 
 @torch.no_grad()
-def valid_bleu(translator, src_lines: list[str], ref_lines: list[str]) -> tuple[dict, list[str]]:
-    """sacreBLEU BLEU and chrF of the translator's output (with signatures), and the output."""
+def valid_bleu(translator, src_lines: list[str], ref_lines: list[str]) -> dict:
+    """sacreBLEU BLEU and chrF of the translator's output, with the BLEU signature."""
     import sacrebleu
 
     translator.model.eval()
@@ -46,4 +46,4 @@ def valid_bleu(translator, src_lines: list[str], ref_lines: list[str]) -> tuple[
         "valid_bleu": round(b.score, 2),
         "valid_chrf": round(c.score, 2),
         "bleu_signature": str(bleu.get_signature()),
-    }, hyps
+    }
