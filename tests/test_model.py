@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from mtcli.config import NORM_PLACEMENTS, ModelConfig
 from mtcli.data.manifest import Vocab
 from mtcli.model.layers import MANUAL_QUERIES, DecoderLayer, EncoderLayer
-from mtcli.model.residual import deepnorm_constants
+from mtcli.model.residual import Residual, deepnorm_constants
 from mtcli.model.transformer import Transformer, transformer_kwargs
 
 D, H, FF = 16, 4, 32
@@ -19,9 +20,12 @@ PLACEMENTS = list(NORM_PLACEMENTS)
 NORM_TYPES = ["layernorm", "rmsnorm"]
 
 
-# What a layer takes besides its shape, as the schema's defaults give it (alpha: no DeepNorm).
-LAYER = dict(dropout=0.0, norm_type="layernorm", attention_dropout=0.0, activation="relu", eps=1e-5,
-             alpha=1.0, residual=True)  # fmt: skip
+
+
+def layer_args(norm: str) -> dict:
+    """A layer's arguments besides its shape, as the schema's defaults give them (no DeepNorm alpha)."""
+    wrap = partial(Residual, D, norm, "layernorm", 0.0, 1e-5, 1.0, True)
+    return dict(dropout=0.0, attention_dropout=0.0, activation="relu", wrap=wrap)
 
 
 def tiny_model(norm="pre", norm_type="layernorm", n_enc=2, n_dec=2, **kw) -> Transformer:
@@ -53,7 +57,7 @@ def test_encoder_layer_matches_torch(norm):
     torch.manual_seed(0)
     ref = nn.TransformerEncoderLayer(D, H, FF, dropout=0.0, batch_first=True,
                                      norm_first=norm == "pre").eval()
-    ours = EncoderLayer(D, H, FF, norm=norm, **LAYER).eval()
+    ours = EncoderLayer(D, H, FF, **layer_args(norm)).eval()
     # Perturb norm weights so the test would notice a norm in the wrong slot.
     for p in ref.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
@@ -73,7 +77,7 @@ def test_decoder_layer_matches_torch(norm):
     torch.manual_seed(0)
     ref = nn.TransformerDecoderLayer(D, H, FF, dropout=0.0, batch_first=True,
                                      norm_first=norm == "pre").eval()
-    ours = DecoderLayer(D, H, FF, norm=norm, **LAYER).eval()
+    ours = DecoderLayer(D, H, FF, **layer_args(norm)).eval()
     for p in ref.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     _copy_common(ours, ref, [ours.self_attn_res, ours.cross_attn_res, ours.ff_res])

@@ -7,6 +7,8 @@ padding positions. It is turned into SDPA's "True = may attend" form in one plac
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -185,27 +187,15 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention and feed-forward, each wrapped by a `Residual`."""
+    """Self-attention and feed-forward, each wrapped by a `Residual` that `wrap()` makes (the
+    placement lives there: the layer never sees it)."""
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float,
-        norm: str,
-        norm_type: str,
-        attention_dropout: float,
-        activation: str,
-        eps: float,
-        alpha: float,
-        residual: bool,
-    ):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attention_dropout: float,
+                 activation: str, wrap: Callable[[], Residual]):  # fmt: skip
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
         self.ff = FeedForward(d_model, d_ff, dropout, activation)
-        self.self_attn_res = Residual(d_model, norm, norm_type, dropout, eps, alpha, residual)
-        self.ff_res = Residual(d_model, norm, norm_type, dropout, eps, alpha, residual)
+        self.self_attn_res, self.ff_res = wrap(), wrap()
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, S, D), pad_mask (B, S) True at padding -> (B, S, D)."""
@@ -215,29 +205,16 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention and feed-forward, each wrapped by a `Residual`."""
+    """Causal self-attention, cross-attention and feed-forward, each wrapped by a `Residual` that
+    `wrap()` makes."""
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float,
-        norm: str,
-        norm_type: str,
-        attention_dropout: float,
-        activation: str,
-        eps: float,
-        alpha: float,
-        residual: bool,
-    ):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attention_dropout: float,
+                 activation: str, wrap: Callable[[], Residual]):  # fmt: skip
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
         self.ff = FeedForward(d_model, d_ff, dropout, activation)
-        self.self_attn_res = Residual(d_model, norm, norm_type, dropout, eps, alpha, residual)
-        self.cross_attn_res = Residual(d_model, norm, norm_type, dropout, eps, alpha, residual)
-        self.ff_res = Residual(d_model, norm, norm_type, dropout, eps, alpha, residual)
+        self.self_attn_res, self.cross_attn_res, self.ff_res = wrap(), wrap(), wrap()
 
     def forward(
         self,

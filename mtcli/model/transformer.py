@@ -7,6 +7,7 @@ arguments. Search uses `encode` once per batch and `decode` one step at a time w
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from mtcli.config import ModelConfig
 from mtcli.data.manifest import Vocab
 from mtcli.model.dropout import Dropout
 from mtcli.model.layers import DecoderLayer, EncoderLayer, KVCache
-from mtcli.model.residual import deepnorm_constants, final_norm
+from mtcli.model.residual import Residual, deepnorm_constants, final_norm
 
 DecoderCache = list[dict]  # per layer: {"self": KVCache, "cross": {"k", "v"}}
 
@@ -88,17 +89,16 @@ class Transformer(nn.Module):
         if norm == "deepnorm":
             c = deepnorm_constants(encoder_layers, decoder_layers)
             enc_alpha, dec_alpha = c["encoder_alpha"], c["decoder_alpha"]
-        common = dict(
-            d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout, norm=norm,
-            norm_type=norm_type, attention_dropout=attention_dropout, activation=activation,
-            eps=eps, residual=residual,
-        )  # fmt: skip
+        shape = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout,
+                     attention_dropout=attention_dropout, activation=activation)  # fmt: skip
+        enc_wrap = partial(Residual, d_model, norm, norm_type, dropout, eps, enc_alpha, residual)
+        dec_wrap = partial(Residual, d_model, norm, norm_type, dropout, eps, dec_alpha, residual)
         src_tokens = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
         tgt_tokens = src_tokens if share_embeddings else nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
         self.src_embed = Embedder(src_tokens, positions, max_positions, dropout)
         self.tgt_embed = Embedder(tgt_tokens, positions, max_positions, dropout)
-        self.encoder = nn.ModuleList(EncoderLayer(**common, alpha=enc_alpha) for _ in range(encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(**common, alpha=dec_alpha) for _ in range(decoder_layers))
+        self.encoder = nn.ModuleList(EncoderLayer(**shape, wrap=enc_wrap) for _ in range(encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(**shape, wrap=dec_wrap) for _ in range(decoder_layers))
         self.encoder_norm = final_norm(norm, norm_type, d_model, eps)
         self.decoder_norm = final_norm(norm, norm_type, d_model, eps)
         self.output_proj = None if tie_output else nn.Linear(d_model, tgt_vocab, bias=False)
