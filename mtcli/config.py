@@ -183,7 +183,7 @@ class TrainConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     # Subword regularization (unigram tokenizer): each epoch, every training sentence takes one of
     # its `subword_nbest` best segmentations with probability ~ P^alpha (lower alpha: more varied);
-    # 0 = off (the stored best segmentation). See mtcli/subword.py.
+    # 0 = off (the stored best segmentation). See mtcli/data/subword.py.
     subword_alpha: float = Field(0.0, ge=0.0)
     subword_nbest: int = Field(16, ge=2)
     clip_norm: float = Field(1.0, ge=0.0)

@@ -20,7 +20,7 @@ def train_spm(
     """Train one SentencePiece model from an iterator of sentences; returns `prefix.model`.
 
     SentencePiece samples `tok.input_sentence_size` sentences (reservoir sampling, seeded) when
-    there are more, so memory is bounded on big corpora. Ids follow mtcli.dataset.SPECIAL.
+    there are more, so memory is bounded on big corpora. Ids follow mtcli.data.manifest.SPECIAL.
     """
     import sentencepiece as spm
 
