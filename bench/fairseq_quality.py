@@ -1,4 +1,4 @@
-"""fairseq's translation quality at equal wall-clock training budgets, beside mtcli's (issue 7).
+"""fairseq's translation quality at equal wall-clock training budgets, beside mtcli's (added 2026-11-24, d2eb72b).
 
     bash bench/setup_fairseq.sh                                           # once: fairseq's own venv
     python bench/fairseq_quality.py train runs/multi30k-en-de --minutes 120
@@ -31,12 +31,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from common import REPO, last_within
+from fairseq_peer import FAIRSEQ_VENV, fairseq_bin, fairseq_data
+from quality_budgets import choose_lenpen, score_file, write_json
 
-from quality_budgets import choose_lenpen, score_file, write_json  # noqa: E402
-from train_bench import FAIRSEQ_VENV, fairseq_bin, fairseq_data  # noqa: E402
+sys.path.insert(0, str(REPO))
 
 THREADS = 2
 # fairseq 0.12 loads its own checkpoints with torch.load's default, which torch >= 2.6 made
@@ -45,6 +44,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THR
        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # fmt: skip
 
 # Run inside fairseq's venv (its checkpoints pickle omegaconf objects that mtcli's venv lacks).
+# Those objects are more than tensors and plain containers, so these loads keep weights_only=False.
 CKPT_INFO = """
 import json, sys, torch
 for path in sys.argv[1:]:
@@ -191,11 +191,10 @@ def evaluate(args) -> None:
     seen = tokens_seen(fs / "train.log")
     results = []
     for minutes in (float(b) for b in args.budgets.split(",")):
-        within = [i for i in info if i["training_s"] <= minutes * 60 + 1.0]
-        if not within:
+        chosen = last_within(info, lambda i: i["training_s"], minutes, args.average)
+        if not chosen:
             print(f"{minutes:g} min: no checkpoint yet", flush=True)
             continue
-        chosen = within[-args.average :]
         work = fs / "budgets" / f"{minutes:g}m"
         work.mkdir(parents=True, exist_ok=True)
         avg = work / "average.pt"

@@ -20,11 +20,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from mtcli.plot import plot_rows, read_metrics
+from common import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+from mtcli.analysis.plot import plot_rows, read_metrics
+
 RESULTS = REPO / "bench" / "results" / "norms"
 FIGURES = REPO / "docs" / "figures"
 BASE = REPO / "configs" / "base.yaml"
@@ -120,7 +120,7 @@ def report(args) -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     grads = RESULTS / "gradients.json"
     if grads.exists():
-        from mtcli.study import plot_gradients
+        from mtcli.analysis.gradients import plot_gradients
 
         plot_gradients(json.loads(grads.read_text()), FIGURES / "norm-gradients.png")
     for name in ("warmup", f"depth{args.layers}", "rmsnorm"):

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from common import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/mtcli-bench")
 SAMPLE = 500_000  # tokenizer.input_sentence_size of the scaling runs
 DATA = Path(os.environ.get("MTCLI_DATA", REPO.parent / "shared" / "data")).resolve()

@@ -1,4 +1,4 @@
-"""Translation quality at equal wall-clock training budgets, from one training run (issue 7).
+"""Translation quality at equal wall-clock training budgets, from one training run (added 2026-11-24, 397c090).
 
 Train once with every checkpoint kept (`train.keep_last` large enough, or hard links taken while it
 trains, as in docs/BENCHMARKS.md). For each budget B (minutes of training time as the trainer counts
@@ -29,7 +29,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, last_within
+
 sys.path.insert(0, str(REPO))
 
 
@@ -40,7 +41,7 @@ def checkpoints_with_time(ckpt_dir: Path) -> list[tuple[Path, dict]]:
     out = []
     for path in sorted(ckpt_dir.glob("step_*.pt")):
         # mmap: only the small trainer state is read, not the ~90 MB of weights and optimizer moments
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state"]
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state"]
         out.append((path, {k: state[k] for k in ("step", "elapsed", "tokens", "epoch")}))
     return out
 
@@ -87,7 +88,7 @@ def evaluate(bundle: Path, data: Path, split: str, work: Path, log: list[str], l
     return {**score_file(hyp, data / f"{split}.tgt.txt", log), "translate_s": round(seconds, 1)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--checkpoints", type=Path, help="folder of step_*.pt (default RUN/checkpoints)")
@@ -96,10 +97,48 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lenpens", type=lambda v: [float(x) for x in v.split(",")], default=None,
                     help="length penalties tried on valid (the best is used for test); default: the config's")
     ap.add_argument("--out", type=Path, help="result JSON (default bench/results/quality/<run>.json)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from mtcli.checkpoint import average_checkpoints, load_checkpoint
+
+def check_schedule(cfg, budgets: list[float]) -> None:
+    """Refuse a schedule whose learning rate depends on the run's length, unless only asked for
+    the run's own time budget."""
+    own = cfg.train.max_time if not cfg.train.max_steps else None
+    if cfg.train.schedule not in ("inverse_sqrt", "constant") and (not own or min(budgets) * 60 < own):
+        # A decay to zero at the run's own end: an earlier checkpoint is not what a shorter budget gives.
+        raise SystemExit(f"train.schedule={cfg.train.schedule} depends on the run's length: run each budget"
+                         + (f" (this run answers only --budgets {own / 60:g})" if own else ""))
+
+
+def budget_row(run_dir: Path, ckpts: list[tuple[Path, dict]], minutes: float, args) -> dict | None:
+    """Average, translate and score the last checkpoints within `minutes`; None if there is none."""
+    from mtcli.training.checkpoints import average_checkpoints
+
+    chosen = last_within(ckpts, lambda c: c[1]["elapsed"], minutes, args.average)
+    if not chosen:
+        print(f"{minutes:g} min: no checkpoint saved yet", flush=True)
+        return None
+    work = run_dir / "budgets" / f"{minutes:g}m"
+    log: list[str] = []
+    bundle = average_checkpoints([p for p, _ in chosen], run_dir / "data", work / "model")
+    row = {"budget_min": minutes, **chosen[-1][1], "averaged": [p.name for p, _ in chosen]}
+    if args.lenpens:
+        row.update(choose_lenpen(partial(evaluate, bundle, run_dir / "data", work=work, log=log), args.lenpens))
+    else:  # the bundle's own decode settings
+        for split in ("valid", "test"):
+            row[split] = evaluate(bundle, run_dir / "data", split, work, log)
+    row["commands"] = log
+    print(f"{minutes:5g} min  step {row['step']:6d}  {row['elapsed'] / 60:6.1f} min  "
+          f"{row['tokens']:12,d} tgt tokens  lp {row.get('lenpen', 'config')}  valid BLEU {row['valid']['bleu']:5.2f}  "
+          f"test BLEU {row['test']['bleu']:5.2f}  chrF {row['test']['chrf']:5.2f}", flush=True)  # fmt: skip
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
     from mtcli.config import config_from_dict
+    from mtcli.training.checkpoints import load_checkpoint
 
     run_dir = args.run_dir.resolve()
     ckpts = checkpoints_with_time(args.checkpoints or run_dir / "checkpoints")
@@ -107,32 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.checkpoints or run_dir / 'checkpoints'}: no step_*.pt checkpoints")
     cfg = config_from_dict(load_checkpoint(ckpts[-1][0])["config"], str(ckpts[-1][0]))
     budgets = [float(b) for b in args.budgets.split(",")]
-    own = cfg.train.max_time if not cfg.train.max_steps else None
-    if cfg.train.schedule not in ("inverse_sqrt", "constant") and (not own or min(budgets) * 60 < own):
-        # A decay to zero at the run's own end: an earlier checkpoint is not what a shorter budget gives.
-        raise SystemExit(f"train.schedule={cfg.train.schedule} depends on the run's length: run each budget"
-                         + (f" (this run answers only --budgets {own / 60:g})" if own else ""))
-    results = []
-    for minutes in budgets:
-        within = [c for c in ckpts if c[1]["elapsed"] <= minutes * 60 + 1.0]
-        if not within:
-            print(f"{minutes:g} min: no checkpoint saved yet", flush=True)
-            continue
-        chosen = within[-args.average :]
-        work = run_dir / "budgets" / f"{minutes:g}m"
-        log: list[str] = []
-        bundle = average_checkpoints([p for p, _ in chosen], run_dir / "data", work / "model")
-        row = {"budget_min": minutes, **chosen[-1][1], "averaged": [p.name for p, _ in chosen]}
-        if args.lenpens:
-            row.update(choose_lenpen(partial(evaluate, bundle, run_dir / "data", work=work, log=log), args.lenpens))
-        else:  # the bundle's own decode settings
-            for split in ("valid", "test"):
-                row[split] = evaluate(bundle, run_dir / "data", split, work, log)
-        row["commands"] = log
-        results.append(row)
-        print(f"{minutes:5g} min  step {row['step']:6d}  {row['elapsed'] / 60:6.1f} min  "
-              f"{row['tokens']:12,d} tgt tokens  lp {row.get('lenpen', 'config')}  valid BLEU {row['valid']['bleu']:5.2f}  "
-              f"test BLEU {row['test']['bleu']:5.2f}  chrF {row['test']['chrf']:5.2f}", flush=True)  # fmt: skip
+    check_schedule(cfg, budgets)
+    results = [row for minutes in budgets if (row := budget_row(run_dir, ckpts, minutes, args)) is not None]
     out = args.out or REPO / "bench" / "results" / "quality" / f"{run_dir.name}.json"
     doc = {"run": str(os.path.relpath(run_dir, REPO)), "config": cfg.model_dump(mode="json"),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),

@@ -1,4 +1,4 @@
-"""End-to-end latency of one short translation: process start to exit (issue 5).
+"""End-to-end latency of one short translation: process start to exit (added 2026-11-24, faf14df).
 
     .venv/bin/python bench/translate_latency.py [--model runs/latest] [--repeats 9]
 
@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
+
 BIN = Path(sys.executable).parent
 
 
