@@ -127,10 +127,12 @@ def versions() -> dict:
     import torch
     import transformers
 
-    out = subprocess.run([str(FAIRSEQ_VENV / "bin" / "python"), "-c",
-                          "import fairseq, torch; print(fairseq.__version__, torch.__version__)"],
-                         capture_output=True, text=True)  # fmt: skip
-    fairseq_v = out.stdout.split() if out.returncode == 0 else ["missing", ""]
+    fairseq_v = ["missing", ""]
+    if (FAIRSEQ_VENV / "bin" / "python").exists():  # bench/setup_fairseq.sh makes it
+        out = subprocess.run([str(FAIRSEQ_VENV / "bin" / "python"), "-c",
+                              "import fairseq, torch; print(fairseq.__version__, torch.__version__)"],
+                             capture_output=True, text=True)  # fmt: skip
+        fairseq_v = out.stdout.split() if out.returncode == 0 else fairseq_v
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "fairseq": fairseq_v[0], "fairseq_torch": fairseq_v[-1]}  # fmt: skip
 

@@ -114,7 +114,7 @@ def bench_mtcli_budget(model, sp_dir: Path, lines: list[str], budget: int, repea
     translator.translate(lines[:BATCH])  # warm-up
     result = median_run(one_pass, len(lines), repeats)
     result["steps"] = check_steps(f"mtcli budget {budget}", steps)
-    result["batches"] = sum(1 for _ in translator._batches(translator._encode(lines, 1)))
+    result["batches"] = sum(1 for _ in translator.batches(translator.encode(lines, 1)))
     return result
 
 

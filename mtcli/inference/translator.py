@@ -27,7 +27,8 @@ class Translator:
         self.max_src = model.max_positions - 2  # room for EOS
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
-    def _encode(self, lines: list[str], first_line: int) -> list[list[int]]:
+    def encode(self, lines: list[str], first_line: int) -> list[list[int]]:
+        """Source ids of each line, truncated (with a warning naming the line) to the model's positions."""
         ids = self.tok.encode_src(lines)
         for i, seq in enumerate(ids):
             if len(seq) > self.max_src:
@@ -35,22 +36,28 @@ class Translator:
                 ids[i] = seq[: self.max_src]
         return ids
 
+    def batches(self, ids: list[list[int]]) -> list[list[int]]:
+        """Indices of the non-empty inputs in token-budget batches (source + EOS), longest first so
+        that the first batch shows at once whether memory suffices."""
+        from mtcli.data.batching import pack
+
+        order = sorted((i for i, s in enumerate(ids) if s), key=lambda i: -len(ids[i]))
+        return pack(order, [len(s) + 1 for s in ids], self.max_tokens)
+
     def translate(self, lines: list[str], first_line: int = 1) -> list[list[dict]]:
         """Hypotheses (dicts: text, tokens, score, logprob) for each line, in input order."""
-        from mtcli.data.batching import pack, pad_batch
+        from mtcli.data.batching import pad_batch
         from mtcli.inference.search import beam_search
 
         clean = [" ".join(line.split()) for line in lines]
-        ids = self._encode(clean, first_line)
+        ids = self.encode(clean, first_line)
         out: list[list[dict]] = [[] for _ in lines]
 
         def search(batch: list[int]):
             src = pad_batch([ids[i] for i in batch], self.params.pad_id, suffix=self.params.eos_id)
             return beam_search(self.model, src.to(self.device), self.params)
 
-        # Longest first so the first batch shows at once whether memory suffices.
-        order = sorted((i for i, s in enumerate(ids) if s), key=lambda i: -len(ids[i]))
-        batches = pack(order, [len(s) + 1 for s in ids], self.max_tokens)
+        batches = self.batches(ids)
         # Sampling draws from torch's global generator: keep its order fixed with one worker.
         workers = 1 if self.params.sampling or str(self.device) != "cpu" else self.workers
         for batch, hyps in zip(batches, parallel_map(search, batches, workers)):
