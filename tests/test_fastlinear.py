@@ -19,6 +19,13 @@ N_LINEARS = 4 * 6 + 2 * 4 + 1  # 4 per attention (2 enc + 2x2 dec), 2 per FFN x 
 needs_onednn = pytest.mark.skipif(not fastlinear.available(), reason="torch without oneDNN packed linears")
 
 
+@pytest.fixture(autouse=True)
+def _fast_path_on(monkeypatch):
+    """These tests are of the packing itself: on even when the suite runs with MTCLI_FAST_LINEAR=0
+    (a test that checks the switch sets it again)."""
+    monkeypatch.setenv(fastlinear.ENV, "1")
+
+
 def model(seed=0, **kw):
     return tiny_transformer(V, d_model=64, d_ff=128, seed=seed, **kw)
 
