@@ -69,12 +69,12 @@ def run_train(cfg, restart: bool = False) -> Path | None:
             display.close()
             if log:
                 log.close()
-        return _finish(trainer, display, cfg)
+        return _finish(trainer, display)
     finally:
         dist.cleanup()
 
 
-def _finish(trainer: Trainer, display: Display, cfg) -> Path | None:
+def _finish(trainer: Trainer, display: Display) -> Path | None:
     """Export (rank 0), print the summary, and exit non-zero after a signal."""
     s = trainer.state
     bundle = export(trainer) if trainer.dist.rank == 0 else None
