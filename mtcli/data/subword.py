@@ -82,7 +82,7 @@ def subword_samplers(data_dir: Path, manifest: Manifest, train: tuple[Split, Spl
     if manifest.tokenizer_type != "unigram":
         raise MtcliError(f"train.subword_alpha={t.subword_alpha} samples segmentations of a unigram model, "
                          f"but tokenizer.type is {manifest.tokenizer_type}; set train.subword_alpha=0")  # fmt: skip
-    models = ("spm.model", "spm.model") if manifest.vocab.joint else ("spm.src.model", "spm.tgt.model")
+    models = manifest.spm_models * 2 if manifest.vocab.joint else manifest.spm_models  # (source, target)
     return tuple(
         SubwordSampler(side, Path(data_dir) / model, t.subword_alpha, t.subword_nbest)
         for side, model in zip(train, models)

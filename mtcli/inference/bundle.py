@@ -17,8 +17,6 @@ import yaml
 
 from mtcli.errors import MtcliError, RunFailure
 
-# ----------------------------------------------------------------------------- bundles
-
 
 def export_bundle(model, config_dump: dict, data_dir: Path, bundle_dir: Path, metadata: dict) -> None:
     """Write model/ (weights, config, tokenizer, metadata) to a temp folder and swap it in."""

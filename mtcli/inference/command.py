@@ -18,9 +18,6 @@ from mtcli.inference.translator import load_translator
 STDIN_CHUNK_LINES = 1000
 
 
-# ----------------------------------------------------------------------------- input / output
-
-
 def _decode_line(raw: bytes, name: str, lineno: int) -> str:
     try:
         return raw.decode("utf-8").rstrip("\r\n")

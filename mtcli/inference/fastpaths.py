@@ -1,6 +1,5 @@
 """The CPU fast paths of search: linears on weights packed once for oneDNN, and int8 quantization.
 
-
 torch's `nn.Linear` on CPU calls MKL's sgemm on the plain weight, which is packed into the GEMM's
 internal layout again on every call. `pack_linears` swaps every `nn.Linear` and the tied output
 projection for a `PackedLinear`, whose weight is reordered once into oneDNN's blocked layout. On

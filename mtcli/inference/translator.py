@@ -1,7 +1,6 @@
-"""Translation from the shell: load a bundle, batch inputs by tokens, search, restore order, print.
-
-Standard input is read as it arrives and answered chunk by chunk, so a long pipe streams out and
-an interactive line is answered at once. One output line per input line; empty in, empty out.
+"""The translator: load a bundle, pack input lines into token-budget batches, search them (on
+`decode.workers` threads on CPU) and return hypotheses in input order. The `translate` command's
+input and output handling is in command.py.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mtcli.errors import MtcliError
-
-STDIN_CHUNK_LINES = 1000
 
 
 class Translator:

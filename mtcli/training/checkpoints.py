@@ -1,9 +1,7 @@
-"""Training checkpoints and model bundles, written atomically (temp file or folder + rename).
+"""Training checkpoints, written atomically (temp file + fsync + rename), pruned and averaged.
 
 Checkpoints (`checkpoints/step_00001000.pt`, `best.pt`) hold the whole training state and are
-loaded with `weights_only=True`. Bundles (`model/`) hold what translate needs and are loaded
-without unpickling: safetensors weights, the resolved config as YAML, SentencePiece model(s) and
-metadata as JSON.
+loaded with `weights_only=True`. Averaging writes a bundle through `inference/bundle.py`.
 """
 
 from __future__ import annotations
