@@ -43,19 +43,32 @@ THREADS = 2
 ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "PYTHONUNBUFFERED": "1",
        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # fmt: skip
 
-# Run inside fairseq's venv (its checkpoints pickle omegaconf objects that mtcli's venv lacks).
-# Those objects are more than tensors and plain containers, so these loads keep weights_only=False.
-CKPT_INFO = """
-import json, sys, torch
+# Run inside fairseq's venv (its checkpoints pickle omegaconf configs, which mtcli's venv lacks).
+# They load with weights_only=True, allowing only the omegaconf and numpy classes a fairseq
+# checkpoint holds: a crafted checkpoint cannot run code here; an unexpected class is an error.
+SAFE_LOAD = """
+import collections, typing, numpy, torch
+from omegaconf import DictConfig, ListConfig
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode
+numpy_core = getattr(numpy, "_core", None) or numpy.core  # numpy 2 renamed it
+torch.serialization.add_safe_globals([DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any,
+                                      dict, list, int, collections.defaultdict, numpy.dtype,
+                                      numpy_core.multiarray.scalar])
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+"""
+CKPT_INFO = SAFE_LOAD + """
+import json, sys
 for path in sys.argv[1:]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load(path)
     print(json.dumps({"path": path, "training_s": state["extra_state"]["previous_training_time"],
                       "updates": state["optimizer_history"][-1]["num_updates"]}))
 """
-AVERAGE = """
-import sys, torch
+AVERAGE = SAFE_LOAD + """
+import sys
 paths, out = sys.argv[1:-1], sys.argv[-1]
-states = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+states = [load(p) for p in paths]
 avg = {k: sum(s["model"][k].double() for s in states).div(len(states)).to(v.dtype)
        for k, v in states[-1]["model"].items()}
 result = states[-1]

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from common import REPO
 
 from mtcli.analysis.plot import plot_rows, read_metrics
+from mtcli.files import write_text
 
 RESULTS = REPO / "bench" / "results" / "norms"
 FIGURES = REPO / "docs" / "figures"
@@ -76,7 +77,7 @@ def _median(xs: list[float]) -> float | None:
 
 def save(name: str, data) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    write_text(RESULTS / f"{name}.json", json.dumps(data, indent=2))
     print(json.dumps(data, indent=2)[:3000])
 
 
@@ -131,7 +132,7 @@ def report(args) -> None:
         if any("curve" not in r for r in runs):  # results recorded before curves were kept
             for r in runs:
                 r.setdefault("curve", read_metrics(REPO / r["run_dir"]))
-            path.write_text(json.dumps(runs, indent=2))
+            write_text(path, json.dumps(runs, indent=2))
         plot_rows([(r["name"], r["curve"]) for r in runs], FIGURES / f"norm-{name}.png")
         print(f"\n{name}\n\n" + table(runs))
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from common import REPO
 
+from mtcli.files import write_text
+
 WORK = Path("/tmp/mtcli-bench")
 SAMPLE = 500_000  # tokenizer.input_sentence_size of the scaling runs
 DATA = Path(os.environ.get("MTCLI_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -142,7 +144,7 @@ def memory_slopes(results: list[dict]) -> dict:
 def write_report(report: dict, path: Path) -> None:
     """Add the memory slopes, write the JSON and print the summary."""
     report["memory"] = memory_slopes(report["results"])
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_text(path, json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2))
 
 

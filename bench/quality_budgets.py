@@ -31,6 +31,8 @@ from pathlib import Path
 
 from common import REPO, last_within
 
+from mtcli.files import write_text
+
 sys.path.insert(0, str(REPO))
 
 
@@ -64,9 +66,7 @@ def score_file(hyp: Path, ref: Path, log: list[str]) -> dict:
 
 def write_json(out: Path, doc: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out)
+    write_text(out, json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
 
 
@@ -120,7 +120,8 @@ def budget_row(run_dir: Path, ckpts: list[tuple[Path, dict]], minutes: float, ar
         return None
     work = run_dir / "budgets" / f"{minutes:g}m"
     log: list[str] = []
-    bundle = average_checkpoints([p for p, _ in chosen], run_dir / "data", work / "model")
+    bundle = work / "model"
+    average_checkpoints([p for p, _ in chosen], run_dir / "data", bundle)
     row = {"budget_min": minutes, **chosen[-1][1], "averaged": [p.name for p, _ in chosen]}
     if args.lenpens:
         row.update(choose_lenpen(partial(evaluate, bundle, run_dir / "data", work=work, log=log), args.lenpens))

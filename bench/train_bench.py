@@ -59,6 +59,8 @@ from train_setup import (
 )
 from train_systems import run_worker
 
+from mtcli.files import write_text
+
 SYSTEMS = ("mtcli", "fairseq", "hf", "reference", "mtcli-compile")
 EXTRA = ("mtcli-baseline",)  # mtcli imported from --baseline DIR (e.g. an older checkout's tree)
 QUIET_LIMIT_S, QUIET_THRESHOLD = 120.0, 0.3  # before each system: at most 2 min, under 0.3 core
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
               "load_average_after": os.getloadavg(), "settings": settings(args), "matmul": matmul,
               "matmul_gflops": gflops, "mfu_params": params, "summary": summary, "systems": systems}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return None
 

@@ -26,6 +26,8 @@ from train_setup import (
     run_windows,
 )
 
+from mtcli.files import write_text
+
 
 def worker_mtcli(args, compile_: bool) -> dict:
     """mtcli's Trainer.update on its own token batches (epoch 1, seed 1)."""
@@ -160,4 +162,4 @@ def run_worker(args) -> None:
         result = worker_reference(args)
     result["torch_threads"] = torch.get_num_threads()
     result["mtcli_from"] = str(Path(sys.modules["mtcli"].__file__).parent)
-    Path(args.result).write_text(json.dumps(result))
+    write_text(Path(args.result), json.dumps(result))

@@ -71,6 +71,8 @@ from translate_setup import (
     spm_data,
 )
 
+from mtcli.files import write_text
+
 PEERS = ("hf generate", "ct2 fp32", "ct2 int8")
 
 
@@ -283,7 +285,7 @@ def write_result(args, result: dict) -> None:
     """The result JSON at --out, except for --limit runs."""
     if not args.limit:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text(args.out, json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.out}")
 
 

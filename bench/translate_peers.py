@@ -15,6 +15,8 @@ from pathlib import Path
 from common import BOS, EOS, PAD, THREADS, UNK, marian_model
 from translate_setup import BATCH, BEAM, STEPS, check_steps, log_system, median_run
 
+from mtcli.files import write_text
+
 ENTRY = Path(__file__).with_name("translate_bench.py")  # its --ct2-worker flag runs ct2_worker
 CT2_SYSTEMS = (("ct2 fp32", "float32"), ("ct2 int8", "int8"))
 
@@ -90,7 +92,7 @@ def ct2_worker(model_dir: str, tokens_file: str, out_file: str, inter: str = "1"
     result["steps"] = check_steps(f"ctranslate2 {model_dir}", steps)
     result["torch_imported"] = "torch" in sys.modules
     result["compute_type"] = translator.compute_type
-    Path(out_file).write_text(json.dumps(result))
+    write_text(Path(out_file), json.dumps(result))
 
 
 def convert_ct2(hf_model, pieces: list[str], out_dir: Path, quantization: str) -> None:
@@ -141,7 +143,7 @@ def convert_ct2(hf_model, pieces: list[str], out_dir: Path, quantization: str) -
 
 def run_ct2(model_dir: Path, token_batches: list[list[list[str]]], work: Path, inter: int = 1) -> dict:
     tokens_file, out_file = work / "tokens.json", work / f"{model_dir.name}.{inter}.result.json"
-    tokens_file.write_text(json.dumps(token_batches))
+    write_text(tokens_file, json.dumps(token_batches))
     cmd = [sys.executable, str(ENTRY), "--ct2-worker", str(model_dir), str(tokens_file), str(out_file), str(inter)]
     subprocess.run(cmd, check=True)
     return json.loads(out_file.read_text())

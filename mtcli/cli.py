@@ -153,8 +153,8 @@ def average(
     """Average the last K checkpoints of a run into a model bundle (as fairseq and Marian do)."""
     from mtcli.training.checkpoints import average_run
 
-    out = average_run(run_dir, last, output)
-    typer.echo(f"wrote {out}", err=True)
+    out, replaced = average_run(run_dir, last, output)
+    typer.echo(f"wrote {out}" + (" (replaced the previous bundle there)" if replaced else ""), err=True)
 
 
 def _int_list(text: str | None, option: str) -> list[int | None]:

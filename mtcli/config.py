@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtcli.errors import MtcliError
+from mtcli.safe_yaml import load_yaml
 
 # Corpus paths may say `${MTCLI_DATA}`; unset, it points at the shared corpora beside the checkout.
 DEFAULT_DATA_ROOT = "../shared/data"
@@ -24,9 +25,9 @@ NORM_PLACEMENTS = ("post", "pre", "deepnorm", "none")
 
 
 class Strict(BaseModel):
-    """Base for every section: unknown keys are errors."""
+    """Base for every section: unknown keys are errors, and so are nan and inf."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- data sources
@@ -45,7 +46,7 @@ class TsvSource(Strict):
 
     type: Literal["tsv"] = "tsv"
     path: str
-    columns: tuple[int, int] = (0, 1)
+    columns: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (0, 1)
 
 
 class JsonlSource(Strict):
@@ -164,7 +165,7 @@ def parse_duration(value: Any) -> float | None:
         return None if value is None else float(value)
     match = _DURATION.match(str(value))
     if not match:
-        raise ValueError(f"expected a duration such as 90s, 30m or 2h, got {value!r}")
+        raise ValueError("expected a number of seconds or a duration such as 90s, 30m or 2h")
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
     return float(match.group(1)) * scale
 
@@ -189,7 +190,7 @@ class TrainConfig(Strict):
     clip_norm: float = Field(1.0, ge=0.0)
     max_steps: int | None = Field(None, ge=1)
     max_epochs: int | None = Field(None, ge=1)
-    max_time: float | None = None
+    max_time: float | None = Field(None, gt=0.0)  # seconds (or '90s', '30m', '2h')
     log_every: int = Field(50, ge=1)
     eval_every: int = Field(1000, ge=1)
     eval_bleu: bool = True
@@ -257,6 +258,16 @@ class Config(Strict):
     train: TrainConfig = TrainConfig()
     decode: DecodeConfig = DecodeConfig()
 
+    @model_validator(mode="after")
+    def _positions_hold_a_sentence(self) -> Config:
+        # A train sentence of filters.max_tokens pieces plus EOS (source) or BOS (target) needs a
+        # position each; one more would index past the position table mid-run.
+        need = self.data.filters.max_tokens + 1
+        if self.model.max_positions < need:
+            raise ValueError(f"model.max_positions ({self.model.max_positions}) must be at least "
+                             f"data.filters.max_tokens + 1 ({need})")  # fmt: skip
+        return self
+
     @property
     def run_path(self) -> Path:
         """The run directory (default `runs/<name>`)."""
@@ -274,10 +285,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [part for part in key.strip().split(".") if part]
     if not path:
         raise MtcliError(f"--set {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise MtcliError(f"--set {key}: cannot parse value {raw!r}: {exc.problem}") from None
+    value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
     return path, value
 
 
@@ -331,8 +339,10 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     elif kind == "value_error" and isinstance(err.get("input"), dict):  # a check across a section's keys
         msg = err["msg"].removeprefix("Value error, ")
     else:
-        msg = f"{err['msg']}, got {err.get('input')!r}"
+        msg = f"{err['msg'].removeprefix('Value error, ')}, got {err.get('input')!r}"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if not loc and kind == "value_error":  # a check across sections names its keys itself
+        return f"{source}: {msg}{more}"
     return f"{source}: {key}: {msg}{more}"
 
 
@@ -352,11 +362,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise MtcliError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise MtcliError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MtcliError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    raw = load_yaml(text, str(path)) or {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path))

@@ -27,6 +27,7 @@ from mtcli.data.manifest import SPECIAL
 from mtcli.data.prepare import run_prepare
 from mtcli.data.splits import load_pair
 from mtcli.data.spm import Tokenizer
+from mtcli.files import LOCK_NAME, OLD_TAG, TMP_TAG
 
 SPLITS = ("train", "valid", "test")
 
@@ -362,7 +363,7 @@ def test_failure_midway_leaves_nothing_or_the_previous_result(tmp_path, data_dir
         with pytest.raises(Boom):
             run_prepare(cfg, force=True)
     assert snapshot(cfg.run_path / "data") == before
-    assert sorted(p.name for p in cfg.run_path.iterdir()) == ["data"]  # no temp dir left behind
+    assert sorted(p.name for p in cfg.run_path.iterdir()) == [LOCK_NAME, "data"]  # no temp dir left behind
     assert run_prepare(cfg) == manifest  # and it is still current
 
 
@@ -374,8 +375,14 @@ def test_killed_between_renames_restores_the_old_data(tmp_path, data_dir):
     os.replace(cfg.run_path / "data", cfg.run_path / f".data.old-{dead}")
     (cfg.run_path / f".data.tmp-{dead}").mkdir()  # a half-built directory of the killed run
     clean_leftovers(cfg.run_path)
-    assert sorted(p.name for p in cfg.run_path.iterdir()) == ["data"]
+    assert sorted(p.name for p in cfg.run_path.iterdir()) == [LOCK_NAME, "data"]
     assert run_prepare(cfg) == manifest
+
+    # Today's names: the sweep at the start of prepare undoes the same interrupted swap.
+    os.replace(cfg.run_path / "data", cfg.run_path / f".data{OLD_TAG}{dead}-0a1b2c3d")
+    (cfg.run_path / f".data{TMP_TAG}{dead}-4e5f6a7b").mkdir()
+    assert run_prepare(cfg) == manifest
+    assert sorted(p.name for p in cfg.run_path.iterdir()) == [LOCK_NAME, "data"]
 
 
 def test_idempotent_unless_inputs_or_config_change(tmp_path, data_dir, capsys):

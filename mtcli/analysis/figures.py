@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtcli.errors import MtcliError
+from mtcli.files import replace_file
 
 
 def require_matplotlib():
@@ -20,16 +21,10 @@ def require_matplotlib():
 
 
 def save_figure(fig, output: Path) -> None:
-    """Save a figure through a temporary file and a rename."""
+    """Save a figure through `files.replace_file` (format from the suffix, PNG by default)."""
     output = Path(output)
-    tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(output)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    fmt = output.suffix.lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise MtcliError(f"{output}: cannot draw a .{fmt} file; use .png, .svg or .pdf")
+    with replace_file(output, binary=True) as f:
+        fig.savefig(f, format=fmt, dpi=110)

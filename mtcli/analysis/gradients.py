@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mtcli.analysis.figures import require_matplotlib, save_figure, write_text
+from mtcli.analysis.figures import require_matplotlib, save_figure
 from mtcli.config import NORM_PLACEMENTS
 from mtcli.data.manifest import Manifest
 from mtcli.errors import MtcliError
+from mtcli.files import check_output, write_text
 
 
 def _batches(cfg, manifest: Manifest, n: int):
@@ -76,6 +77,9 @@ def run_gradients(cfg, norms: list[str], layers: list[int | None], n_batches: in
         raise MtcliError(f"--norm {bad[0]!r}: expected one of {', '.join(NORM_PLACEMENTS)}")
     if output is not None:
         require_matplotlib()
+        check_output(output, "--output")
+    if json_path is not None:
+        check_output(json_path, "--json")
     manifest = Manifest.from_dict(run_prepare(cfg))
     batches = _batches(cfg, manifest, n_batches)
     results = [measure(cfg, manifest, norm, n, batches, steps) for n in layers for norm in norms]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 from mtcli.analysis.figures import require_matplotlib, save_figure
 from mtcli.errors import MtcliError
+from mtcli.files import check_output
+from mtcli.training.progress import read_rows
 
 PANELS = [
     ("loss", "step", "training loss"),
@@ -23,18 +25,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise MtcliError(f"{path}: no metrics; is {run_dir} a run directory (runs/<name>)?")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise MtcliError(f"{path}: line {n}: not valid JSON") from None
-    return rows
+    return read_rows(path, lambda text: print(text, file=sys.stderr))
 
 
 def run_plot(run_dirs: list[Path], output: Path, labels: list[str] | None = None) -> Path:
     """Draw the PANELS for every run into one PNG."""
+    check_output(output, "--output")
     runs = [(labels[i] if labels and i < len(labels) else Path(d).name, read_metrics(d)) for i, d in enumerate(run_dirs)]
     return plot_rows(runs, output)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mtcli.config import DataConfig
 from mtcli.data.sources import local_files
+from mtcli.files import pid_alive, write_json
 
 FORMAT = 1  # bump when the meaning of prepare's output changes, so old data is rebuilt
 
@@ -80,13 +81,6 @@ def manifest_if_complete(data_dir: Path) -> dict | None:
     return manifest
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON through a temp file and rename (never a half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def refresh_stats(data_dir: Path, manifest: dict, records: list[dict]) -> None:
     """Record new sizes/mtimes of inputs whose bytes did not change (keeps the next check cheap)."""
     if manifest.get("inputs") and [(r["path"], r["size"], r["mtime_ns"]) for r in records] != [
@@ -97,34 +91,17 @@ def refresh_stats(data_dir: Path, manifest: dict, records: list[dict]) -> None:
         write_json(data_dir / "manifest.json", manifest)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_leftovers(run_path: Path) -> None:
-    """Undo what a killed prepare may have left: restore a moved-aside data dir, drop temp dirs."""
+    """Undo what a killed prepare of an older mtcli left (`.data.tmp-PID`, `.data.old-PID`).
+
+    Today's temporaries are named by `files.temp_path` and swept by `files.sweep`."""
     if not run_path.is_dir():
         return
     for path in sorted(run_path.glob(".data.*-*")):
         kind, _, pid = path.name[len(".data.") :].partition("-")
-        if not pid.isdigit() or _alive(int(pid)) and int(pid) != os.getpid():
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         if kind == "old" and not (run_path / "data").exists():
             os.replace(path, run_path / "data")
         else:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def swap_in(tmp: Path, data_dir: Path) -> None:
-    """Replace `data_dir` by the complete `tmp` (the old one is removed only afterwards)."""
-    old = data_dir.with_name(f".data.old-{os.getpid()}")
-    if data_dir.exists():
-        os.replace(data_dir, old)
-    os.replace(tmp, data_dir)
-    shutil.rmtree(old, ignore_errors=True)

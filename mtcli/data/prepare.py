@@ -4,8 +4,8 @@ Streaming passes keep memory flat: the scan writes cleaned pairs to a work file 
 one-byte split code per pair (plus an 8-byte pair hash while deduplicating); the grouped
 valid/test carve remembers only its best-ranked groups; SentencePiece gets a seeded sample of at
 most `tokenizer.input_sentence_size` sentences; the encode pass reads the work file back in chunks
-and streams ids to disk. Everything is built in `run_dir/.data.tmp-PID` and renamed to
-`run_dir/data` only when complete (see freshness.py).
+and streams ids to disk. Everything is built in a temporary folder beside `run_dir/data` and swapped in only when
+complete (`files.swap_dir`), under the run lock.
 
 Valid/test are references for BLEU, so they are only cleaned (NFC, whitespace) and stripped of
 pairs with an empty side; the length, ratio and duplicate filters apply to train alone.
@@ -13,7 +13,6 @@ pairs with an empty side; the length, ratio and duplicate filters apply to train
 
 from __future__ import annotations
 
-import os
 import platform
 import random
 import resource
@@ -51,15 +50,22 @@ from mtcli.data.splits import ids_dtype
 from mtcli.data.spm import load_spm, train_spm
 from mtcli.data.summary import print_summary, progress_display, rss_mb
 from mtcli.errors import MtcliError
+from mtcli.files import new_dir, run_lock, swap_dir, sweep_run, write_json
 
 SCAN_REPORT = 10_000  # pairs between progress updates
 
 
 def run_prepare(cfg: Config, force: bool = False) -> dict:
     """Prepare cfg's data into `cfg.run_path / "data"` unless it is up to date; returns the manifest."""
+    with run_lock(cfg.run_path):  # re-entrant: `train` already holds it
+        return _prepare_locked(cfg, force)
+
+
+def _prepare_locked(cfg: Config, force: bool) -> dict:
     console = Console(stderr=True)
-    run_path, data_dir = cfg.run_path, cfg.run_path / "data"
-    freshness.clean_leftovers(run_path)
+    data_dir = cfg.run_path / "data"
+    freshness.clean_leftovers(cfg.run_path)
+    sweep_run(cfg.run_path)
     old = freshness.manifest_if_complete(data_dir)
     records = freshness.input_records(cfg.data, old)
     fp = freshness.fingerprint(cfg, records)
@@ -67,17 +73,12 @@ def run_prepare(cfg: Config, force: bool = False) -> dict:
         freshness.refresh_stats(data_dir, old, records)
         console.print(f"data up to date: {data_dir} (--force rebuilds it)", highlight=False)
         return old
-    created = not run_path.exists()
-    tmp = run_path / f".data.tmp-{os.getpid()}"
+    tmp = new_dir(data_dir)
     try:
-        tmp.mkdir(parents=True)
         manifest = build(cfg, tmp, records, fp, console)
-        freshness.swap_in(tmp, data_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            shutil.rmtree(run_path, ignore_errors=True)
-        raise
+        swap_dir(tmp, data_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already renamed away after a successful swap
     print_summary(console, manifest, data_dir)
     return manifest
 
@@ -124,7 +125,7 @@ def build(cfg, out: Path, records: list[dict], fp: str, console: Console) -> dic
     times["total"] = time.time() - start
     manifest = make_manifest(cfg, fp, records, scans, binarizer, results, sizes, dtype, times)
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    freshness.write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 

@@ -6,6 +6,7 @@ an interactive line is answered at once. One output line per input line; empty i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mtcli.errors import MtcliError
+from mtcli.files import check_output, replace_file
 from mtcli.inference.translator import load_translator
 
 STDIN_CHUNK_LINES = 1000
@@ -55,7 +57,7 @@ def _input_chunks(text: list[str], input: Path | None) -> Iterator[list[str]]:
         yield text
     elif input is not None and str(input) != "-":
         if not input.is_file():
-            raise MtcliError(f"{input}: input file not found")
+            raise MtcliError(f"{input}: {'is a directory' if input.is_dir() else 'input file not found'}")
         with open(input, "rb") as f:
             yield from read_chunks(f.fileno(), str(input))
     else:
@@ -68,14 +70,10 @@ def run_translate(text, model, input, output, beam, nbest, fmt, overrides, int8=
         raise MtcliError(f"--format {fmt!r}: expected text or jsonl")
     if text and input is not None:
         raise MtcliError("give sentences as arguments or with -i FILE, not both")
-    translator = load_translator(model, beam, nbest, overrides, int8=int8, bf16=bf16)
-    tmp = None
     if output is not None:
-        tmp = output.with_name(f".{output.name}.tmp")
-        sink = open(tmp, "w", encoding="utf-8")
-    else:
-        sink = sys.stdout
-    try:
+        check_output(output, "--output")
+    translator = load_translator(model, beam, nbest, overrides, int8=int8, bf16=bf16)
+    with replace_file(output) if output is not None else contextlib.nullcontext(sys.stdout) as sink:
         index = 0
         for chunk in _input_chunks(text, input):
             results = translator.translate(chunk, first_line=index + 1)
@@ -83,11 +81,3 @@ def run_translate(text, model, input, output, beam, nbest, fmt, overrides, int8=
                 sink.write(_format(hyps, line, fmt, index) + "\n")
                 index += 1
             sink.flush()
-    except BaseException:
-        if tmp is not None:
-            sink.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if tmp is not None:
-        sink.close()
-        os.replace(tmp, output)

@@ -6,6 +6,8 @@ arguments. Search uses `encode` once per batch and `decode` one step at a time w
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from functools import partial
 
@@ -217,3 +219,14 @@ def transformer_kwargs(model_cfg: ModelConfig, vocab: Vocab) -> dict:
 def build_model(model_cfg: ModelConfig, vocab: Vocab) -> Transformer:
     """The one place that turns a `ModelConfig` and a vocabulary into a Transformer."""
     return Transformer(**transformer_kwargs(model_cfg, vocab))
+
+
+def spec_digest(model_cfg: ModelConfig, vocab: Vocab) -> str:
+    """sha256 of everything that decides the function a bundle's weights compute.
+
+    Stored in the weights file, so a `config.yaml` edited to another activation, norm or residual
+    (which the tensor shapes cannot reveal) is caught when the bundle loads. Dropout is left out:
+    it does not change what a trained model computes.
+    """
+    spec = {k: v for k, v in transformer_kwargs(model_cfg, vocab).items() if "dropout" not in k}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

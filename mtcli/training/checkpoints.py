@@ -6,33 +6,23 @@ loaded with `weights_only=True`. Averaging writes a bundle through `inference/bu
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from mtcli.data.manifest import SPECIAL, Vocab
-from mtcli.errors import MtcliError, RunFailure
+from mtcli.errors import MtcliError
+from mtcli.files import run_lock, save_torch, sweep_run
 
 STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 SHAPE_SECTIONS = ("model", "tokenizer")
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file beside `path`, fsync, then rename; the old file survives a failure."""
+    """Save a checkpoint through `files.replace_file`; the previous file survives any failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise RunFailure(f"could not save {path}: {exc.strerror or exc}; the previous checkpoint is intact") from None
+    save_torch(obj, path)
 
 
 def step_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -46,6 +36,18 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` numbered checkpoints (best.pt is separate)."""
     for old in step_checkpoints(ckpt_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
+
+
+def load_newest(paths: list[Path], warn) -> tuple[Path, dict]:
+    """The newest loadable checkpoint of `paths` (oldest first); a corrupt one is skipped, said by `warn`."""
+    for i in range(len(paths) - 1, -1, -1):
+        try:
+            return paths[i], load_checkpoint(paths[i])
+        except MtcliError:
+            if i == 0:
+                raise
+            warn(f"warning: {paths[i]} is corrupt or truncated; resuming from {paths[i - 1].name} instead")
+    raise MtcliError("no checkpoints")  # unreachable: callers pass at least one path
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -83,21 +85,33 @@ def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
 
 
-def average_run(run_dir: Path, last: int, out: Path | None = None) -> Path:
-    """Average the last `last` numbered checkpoints of a run into a bundle (default run/model)."""
+def average_run(run_dir: Path, last: int, out: Path | None = None) -> tuple[Path, bool]:
+    """Average the last `last` numbered checkpoints of a run into a bundle (default run/model).
+
+    Holds the run lock (a training run would prune the checkpoints being read); returns the
+    bundle and whether it replaced a previous bundle.
+    """
+    from mtcli.inference.bundle import check_target
+
     run_dir = Path(run_dir)
-    chosen = step_checkpoints(run_dir / "checkpoints")[-last:]
-    if not chosen:
-        raise MtcliError(f"{run_dir / 'checkpoints'}: no checkpoints to average; train first")
-    return average_checkpoints(chosen, run_dir / "data", Path(out) if out else run_dir / "model")
+    if not run_dir.is_dir():
+        raise MtcliError(f"{run_dir}: no such run directory")
+    out = Path(out) if out else run_dir / "model"
+    check_target(out)  # before any work: refuse a user's folder at once
+    with run_lock(run_dir):
+        sweep_run(run_dir)
+        chosen = step_checkpoints(run_dir / "checkpoints")[-last:]
+        if not chosen:
+            raise MtcliError(f"{run_dir / 'checkpoints'}: no checkpoints to average; train first")
+        return out, average_checkpoints(chosen, run_dir / "data", out)
 
 
-def average_checkpoints(chosen: list[Path], data_dir: Path, out: Path) -> Path:
+def average_checkpoints(chosen: list[Path], data_dir: Path, out: Path) -> bool:
     """Average the weights of checkpoints `chosen` (the last one gives config and step) into a bundle."""
     from mtcli import __version__
     from mtcli.config import config_from_dict
     from mtcli.inference.bundle import export_bundle
-    from mtcli.model.transformer import build_model
+    from mtcli.model.transformer import build_model, spec_digest
 
     head = load_checkpoint(chosen[-1])
     cfg = config_from_dict(head["config"], str(chosen[-1]))
@@ -108,5 +122,4 @@ def average_checkpoints(chosen: list[Path], data_dir: Path, out: Path) -> Path:
             "weights": f"average of {', '.join(p.name for p in chosen)}", "mtcli": __version__,
             "parameters": sum(p.numel() for p in model.parameters()),
             "src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang}  # fmt: skip
-    export_bundle(model, head["config"], data_dir, out, meta)
-    return out
+    return export_bundle(model, head["config"], data_dir, out, meta, spec_digest(cfg.model, vocab))

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from mtcli.errors import MtcliError
+from mtcli.files import write_text
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -18,15 +22,32 @@ def fmt_time(seconds: float | None) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl (rank 0 only)."""
+def read_rows(path: Path, warn: Callable[[str], None]) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn last line (a crash mid-write) is skipped with a warning."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if any(rest.strip() for rest in lines[n:]):
+                raise MtcliError(f"{path}: line {n}: not valid JSON (mtcli writes one object a line)") from None
+            warn(f"warning: {path}: line {n} is incomplete (a run stopped while writing it); skipped")
+    return rows
 
-    def __init__(self, path: Path, resume_step: int | None):
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (rank 0 only), flushed row by row."""
+
+    def __init__(self, path: Path, resume_step: int | None, warn: Callable[[str], None]):
         self.path = path
         if resume_step is not None and path.exists():
-            # Rows past the checkpoint were written by the interrupted run and will be replayed.
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            # Rows past the checkpoint were written by the interrupted run and will be replayed;
+            # a torn last line is cut off here, so the log stays one object a line.
+            keep = [r for r in read_rows(path, warn) if r.get("step", 0) <= resume_step]
+            write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
         elif resume_step is None:
             path.unlink(missing_ok=True)
         self.file = open(path, "a", encoding="utf-8")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 
 import torch
 
 from mtcli.data.manifest import read_manifest
-from mtcli.inference.bundle import export_bundle, link_latest
-from mtcli.model.transformer import build_model
+from mtcli.errors import MtcliError
+from mtcli.files import run_lock, write_text
+from mtcli.inference.bundle import check_target, export_bundle, link_latest
+from mtcli.model.transformer import build_model, spec_digest
 from mtcli.training.checkpoints import average_state_dicts, load_checkpoint, step_checkpoints
 from mtcli.training.distributed import Dist
 from mtcli.training.progress import Display, MetricsLog
@@ -33,57 +36,82 @@ def _translator_factory(trainer: Trainer):
 
 
 def run_train(cfg, restart: bool = False) -> Path | None:
-    """The `mtcli train` command: prepare if needed, train or resume, export the bundle."""
-    import shutil
+    """The `mtcli train` command: lock the run, prepare if needed, train or resume, export."""
+    dist = Dist.setup(cfg.train.device, cfg.train.threads)
+    try:
+        with contextlib.ExitStack() as stack:
+            _lock_for_job(stack, cfg.run_path, dist)
+            return _train_locked(cfg, restart, dist)
+    finally:
+        dist.cleanup()
 
+
+def _lock_for_job(stack: contextlib.ExitStack, run_path: Path, dist: Dist) -> None:
+    """Rank 0 takes the run lock for the whole torchrun job; every rank stops if it cannot."""
+    failure = None
+    if dist.rank == 0:
+        try:
+            stack.enter_context(run_lock(run_path))  # prepare, called next, sweeps the run
+        except MtcliError as exc:
+            failure = exc
+    if dist.sum(1.0 if failure else 0.0):
+        raise failure or MtcliError(f"{run_path}: rank 0 could not lock the run")
+
+
+def _restart(ckpt_dir: Path) -> None:
+    """--restart: remove the run's checkpoints (only the files training writes there)."""
+    for path in [*step_checkpoints(ckpt_dir), ckpt_dir / "best.pt"]:
+        path.unlink(missing_ok=True)
+
+
+def _train_locked(cfg, restart: bool, dist: Dist) -> Path | None:
     from mtcli.config import to_yaml
     from mtcli.data.prepare import run_prepare
 
-    dist = Dist.setup(cfg.train.device, cfg.train.threads)
+    if dist.rank == 0:
+        check_target(cfg.run_path / "model", "bundle")  # refuse now, not after hours of training
+        run_prepare(cfg)
+    dist.barrier()
+    manifest = read_manifest(cfg.run_path / "data")
+    if restart and dist.rank == 0:
+        _restart(cfg.run_path / "checkpoints")
+    dist.barrier()
+    trainer = Trainer(cfg, manifest, dist)
+    resumed = trainer.resume()
+    display = Display(cfg.train.max_steps, cfg.train.max_time, enabled=dist.rank == 0)
+    if dist.rank == 0:
+        write_text(cfg.run_path / "config.yaml", to_yaml(cfg))
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        how = f"resuming from step {trainer.state.step}" if resumed else "starting"
+        display.message(f"{how}: {n_params:,} parameters, {len(trainer.train_src):,} training pairs, "
+                        f"device {dist.device}, {dist.world} process(es), {torch.get_num_threads()} threads")  # fmt: skip
+        if trainer.samplers:
+            t = cfg.train
+            display.message(f"subword sampling each epoch: alpha {t.subword_alpha}, nbest {t.subword_nbest} "
+                            f"(n-best lists in {trainer.sampler_seconds:.1f}s)")
+    log = None
+    if dist.rank == 0:
+        log = MetricsLog(cfg.run_path / "metrics.jsonl", trainer.state.step if resumed else None, display.message)
+    trainer.install_signals()
     try:
-        if dist.rank == 0:
-            run_prepare(cfg)
-        dist.barrier()
-        manifest = read_manifest(cfg.run_path / "data")
-        if restart and dist.rank == 0:
-            shutil.rmtree(cfg.run_path / "checkpoints", ignore_errors=True)
-        dist.barrier()
-        trainer = Trainer(cfg, manifest, dist)
-        resumed = trainer.resume()
-        display = Display(cfg.train.max_steps, cfg.train.max_time, enabled=dist.rank == 0)
-        if dist.rank == 0:
-            (cfg.run_path / "config.yaml").write_text(to_yaml(cfg))
-            n_params = sum(p.numel() for p in trainer.model.parameters())
-            how = f"resuming from step {trainer.state.step}" if resumed else "starting"
-            display.message(f"{how}: {n_params:,} parameters, {len(trainer.train_src):,} training pairs, "
-                            f"device {dist.device}, {dist.world} process(es), {torch.get_num_threads()} threads")  # fmt: skip
-            if trainer.samplers:
-                t = cfg.train
-                display.message(f"subword sampling each epoch: alpha {t.subword_alpha}, nbest {t.subword_nbest} "
-                                f"(n-best lists in {trainer.sampler_seconds:.1f}s)")
-        log = MetricsLog(cfg.run_path / "metrics.jsonl", trainer.state.step if resumed else None) if dist.rank == 0 else None
-        trainer.install_signals()
-        try:
-            trainer.fit(display, log, _translator_factory(trainer))
-        finally:
-            display.close()
-            if log:
-                log.close()
-        return _finish(trainer, display)
+        trainer.fit(display, log, _translator_factory(trainer))
     finally:
-        dist.cleanup()
+        display.close()
+        if log:
+            log.close()
+    return _finish(trainer, display)
 
 
 def _finish(trainer: Trainer, display: Display) -> Path | None:
     """Export (rank 0), print the summary, and exit non-zero after a signal."""
     s = trainer.state
-    bundle = export(trainer) if trainer.dist.rank == 0 else None
+    bundle, latest = export(trainer) if trainer.dist.rank == 0 else (None, None)
     trainer.dist.barrier()
     if trainer.dist.rank == 0:
         best = f", best {trainer.t.best_metric} {s.best} at step {s.best_step}" if s.best is not None else ""
         display.message(f"done: {trainer.stop_reason}; step {s.step}, epoch {s.epoch}, {s.tokens:,} target "
                         f"tokens in {s.elapsed:.0f}s{best}; skipped updates {s.skipped}")  # fmt: skip
-        display.message(f"model bundle: {bundle} (runs/latest points to it)")
+        display.message(f"model bundle: {bundle}" + (f" ({latest} points to it)" if latest else ""))
     if trainer._signal is not None:
         if trainer.dist.rank == 0:
             display.message(f"interrupted: checkpoint saved at step {s.step}; resume with "
@@ -92,8 +120,8 @@ def _finish(trainer: Trainer, display: Display) -> Path | None:
     return bundle
 
 
-def export(trainer: Trainer) -> Path:
-    """Write the model bundle (averaged, best or last weights) and update runs/latest."""
+def export(trainer: Trainer) -> tuple[Path, Path | None]:
+    """Write the model bundle (averaged, best or last weights); point runs/latest at it if allowed."""
     from mtcli import __version__
 
     t, weights, source = trainer.t, None, f"last (step {trainer.state.step})"
@@ -111,6 +139,6 @@ def export(trainer: Trainer) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
             "src_lang": trainer.cfg.data.src_lang, "tgt_lang": trainer.cfg.data.tgt_lang}  # fmt: skip
     bundle = trainer.run / "model"
-    export_bundle(model, trainer.cfg.model_dump(mode="json"), trainer.data_dir, bundle, meta)
-    link_latest(bundle)
-    return bundle
+    digest = spec_digest(trainer.cfg.model, trainer.vocab)
+    export_bundle(model, trainer.cfg.model_dump(mode="json"), trainer.data_dir, bundle, meta, digest)
+    return bundle, link_latest(bundle)

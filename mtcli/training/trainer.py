@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -24,13 +25,14 @@ from mtcli.errors import MtcliError, RunFailure
 from mtcli.model.transformer import build_model
 from mtcli.training.checkpoints import (
     atomic_save,
-    load_checkpoint,
+    load_newest,
     prune,
     shape_mismatch,
     step_checkpoints,
 )
 from mtcli.training.distributed import Dist
 from mtcli.training.gradnorms import sublayer_grad_norms
+from mtcli.training.memory import check_memory
 from mtcli.training.optim import build_optimizer, label_smoothed_nll, lr_factor, set_lr
 from mtcli.training.progress import Display, MetricsLog
 
@@ -92,6 +94,7 @@ class Trainer:
         self.sampler_seconds = time.time() - began  # counted in the training time by `fit`
         self.epoch_src, self.epoch_tgt = self.train_src, self.train_tgt
         torch.manual_seed(self.t.seed)
+        check_memory(cfg, self.vocab, dist.device)
         self.model = build_model(cfg.model, self.vocab).to(dist.device)
         self.optimizer = build_optimizer(self.model.parameters(), self.t)
         self.amp_dtype, self.scaler = self._amp()
@@ -134,12 +137,12 @@ class Trainer:
         found = step_checkpoints(self.ckpt_dir)
         if not found:
             return False
-        ckpt = load_checkpoint(found[-1])
+        newest, ckpt = load_newest(found, lambda text: print(text, file=sys.stderr, flush=True))
         diffs = shape_mismatch(ckpt.get("config", {}), self.cfg.model_dump(mode="json"))
         if ckpt.get("vocab") != self.vocab.saved():
             diffs.append(f"vocabulary ({ckpt.get('vocab')} -> {self.vocab.saved()})")
         if diffs:
-            raise MtcliError(f"{found[-1]}: config changes the model shape: {'; '.join(diffs)}; "
+            raise MtcliError(f"{newest}: config changes the model shape: {'; '.join(diffs)}; "
                              "use --restart to train from scratch")  # fmt: skip
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

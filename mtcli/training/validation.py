@@ -16,7 +16,13 @@ def valid_loss(model, src_split, tgt_split, ids: dict, max_tokens: int, smoothin
     """Mean label-smoothed loss, NLL and perplexity per target token over a split."""
     model.eval()
     loss_sum = nll_sum = ntok = 0.0
+    # Valid pairs are not length-filtered; one longer than the position table is left out here.
+    limit = model.max_positions - 1  # room for EOS (source) and BOS (target)
+    fits = (src_split.lengths <= limit) & (tgt_split.lengths <= limit)
     for idx in token_batches(src_split.lengths, tgt_split.lengths, max_tokens, seed=0, epoch=0):
+        idx = [i for i in idx if fits[i]]
+        if not idx:
+            continue
         b = collate(src_split, tgt_split, idx, ids)
         logits = model(b["src"].to(device), b["tgt_in"].to(device))
         loss, nll = label_smoothed_nll(logits, b["tgt_out"].to(device), smoothing, ids["pad_id"])
