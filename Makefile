@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint browser demo clean
 
 install: $(STAMP)
 
@@ -14,14 +14,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,serve]"
 	touch $(STAMP)
 
 lint: install
 	$(BIN)/ruff check mtcli tests bench
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
+
+# The serve page test drives Debian's headless Chromium; install it when missing and we are root.
+browser:
+	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 # The quick start: train a small English->French model (~12 minutes on a 2-core CPU), translate, score.
 demo: install

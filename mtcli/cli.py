@@ -197,6 +197,35 @@ def plot(
     typer.echo(f"wrote {run_plot(runs, output, label)}", err=True)
 
 
+@app.command()
+def serve(
+    model: list[Path] | None = typer.Option(
+        None, "--model", "-m", help="Model bundle to serve (repeatable; default: $MTCLI_MODEL, else ./runs/latest)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
+    api_key: list[str] | None = typer.Option(None, "--api-key", help="Require this API key (repeatable)."),
+    char_limit: int = typer.Option(5000, "--char-limit", min=-1, help="Characters per text (-1: no limit)."),
+    batch_limit: int = typer.Option(64, "--batch-limit", min=-1, help="Texts per request (-1: no limit)."),
+    queue_size: int = typer.Option(64, "--queue-size", min=1, help="Requests waiting per model before 503."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds per request before 504."),
+    max_beam: int = typer.Option(8, "--max-beam", min=1, help="Largest beam (and n-best) a request may ask for."),
+    cors: list[str] | None = typer.Option(None, "--cors", metavar="ORIGIN", help="Allow this CORS origin (repeatable)."),
+    no_batching: bool = typer.Option(False, "--no-batching", help="One request per model call (for comparison)."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", "-s", metavar="KEY=VALUE", help="Override decode settings, e.g. decode.beam_size=4."
+    ),
+) -> None:
+    """Serve models over HTTP: the LibreTranslate API, /v1/translate, /health, /metrics and a page."""
+    from mtcli.serve import run_serve
+
+    run_serve(
+        model or [], host, port, overrides or [], api_keys=frozenset(api_key or []), char_limit=char_limit,
+        batch_limit=batch_limit, queue_size=queue_size, timeout=timeout, max_beam=max_beam,
+        cors=tuple(cors or []), pooling=not no_batching,
+    )  # fmt: skip
+
+
 def main() -> None:
     """Console entry point: run the app and turn MtcliErrors into one `error:` line."""
     try:
