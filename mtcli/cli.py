@@ -51,10 +51,11 @@ def config_show(
     config: Path = typer.Argument(..., help="Experiment YAML file."),
     overrides: list[str] | None = SetOption,
 ) -> None:
-    """Print the resolved config (defaults filled in, overrides applied) as YAML."""
+    """Print the resolved config (defaults filled in, overrides applied, train.init_from's model) as YAML."""
     from mtcli.config import to_yaml
+    from mtcli.finetune import resolve
 
-    sys.stdout.write(to_yaml(_load(config, overrides)))
+    sys.stdout.write(to_yaml(resolve(_load(config, overrides))[0]))
 
 
 @app.command()

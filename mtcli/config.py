@@ -208,6 +208,9 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # Fine-tune: start from this bundle or checkpoint's weights, shape and tokenizer, with a fresh
+    # optimizer, schedule and data position (mtcli/finetune.py).
+    init_from: str | None = None
 
     @field_validator("max_time", mode="before")
     @classmethod

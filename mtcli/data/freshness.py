@@ -56,14 +56,17 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(cfg, records: list[dict]) -> str:
-    """Hash of everything the prepared data depends on: data and tokenizer config, input bytes."""
+def fingerprint(cfg, records: list[dict], tokenizer_from: dict | None = None) -> str:
+    """Hash of everything the prepared data depends on: data and tokenizer config, input bytes
+    (and, when fine-tuning, the initial model's SentencePiece files)."""
     payload = {
         "format": FORMAT,
         "data": cfg.data.model_dump(mode="json"),
         "tokenizer": cfg.tokenizer.model_dump(mode="json"),
         "inputs": [(r["role"], r["path"], r["sha256"]) for r in records],
     }
+    if tokenizer_from:  # only then, so that every other run keeps its fingerprint
+        payload["tokenizer_from"] = sorted(tokenizer_from["files"].items())
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

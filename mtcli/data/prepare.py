@@ -30,6 +30,7 @@ import numpy as np
 from rich.console import Console
 
 import mtcli.data.freshness as freshness
+import mtcli.finetune as finetune
 from mtcli.config import Config, DataConfig, FilterConfig, TokenizerConfig
 from mtcli.data.binarize import Binarizer, encode_file
 from mtcli.data.clean import (
@@ -58,24 +59,25 @@ SCAN_REPORT = 10_000  # pairs between progress updates
 def run_prepare(cfg: Config, force: bool = False) -> dict:
     """Prepare cfg's data into `cfg.run_path / "data"` unless it is up to date; returns the manifest."""
     with run_lock(cfg.run_path):  # re-entrant: `train` already holds it
-        return _prepare_locked(cfg, force)
+        return _prepare_locked(*finetune.resolve(cfg), force)
 
 
-def _prepare_locked(cfg: Config, force: bool) -> dict:
+def _prepare_locked(cfg: Config, init: finetune.InitialModel | None, force: bool) -> dict:
     console = Console(stderr=True)
     data_dir = cfg.run_path / "data"
     freshness.clean_leftovers(cfg.run_path)
     sweep_run(cfg.run_path)
     old = freshness.manifest_if_complete(data_dir)
     records = freshness.input_records(cfg.data, old)
-    fp = freshness.fingerprint(cfg, records)
+    tokenizer_from = _tokenizer_from(init)
+    fp = freshness.fingerprint(cfg, records, tokenizer_from)
     if old and old.get("fingerprint") == fp and not force:
         freshness.refresh_stats(data_dir, old, records)
         console.print(f"data up to date: {data_dir} (--force rebuilds it)", highlight=False)
         return old
     tmp = new_dir(data_dir)
     try:
-        manifest = build(cfg, tmp, records, fp, console)
+        manifest = build(cfg, tmp, records, fp, console, tokenizer_from)
         swap_dir(tmp, data_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # already renamed away after a successful swap
@@ -83,7 +85,15 @@ def _prepare_locked(cfg: Config, force: bool) -> dict:
     return manifest
 
 
-def build(cfg, out: Path, records: list[dict], fp: str, console: Console) -> dict:
+def _tokenizer_from(init: finetune.InitialModel | None) -> dict | None:
+    """The initial model's SentencePiece files and checksums (None when training new ones)."""
+    if init is None:
+        return None
+    return {"path": str(init.path), "files": {p.name: freshness.sha256_file(p) for p in init.spm_files},
+            "dir": str(init.spm_files[0].parent)}  # fmt: skip
+
+
+def build(cfg, out: Path, records: list[dict], fp: str, console: Console, tokenizer_from: dict | None) -> dict:
     """Build the whole prepared directory in `out` (a temp dir); returns the manifest."""
     data, start, times = cfg.data, time.time(), {}
     work = out / "work"
@@ -99,7 +109,10 @@ def build(cfg, out: Path, records: list[dict], fp: str, console: Console) -> dic
         times["read"] = time.time() - start
 
         t = time.time()
-        models = train_models(cfg.tokenizer, data, work / "train.tsv", scans["train"]["codes"], out, progress)
+        if tokenizer_from:
+            models = copy_models(cfg.tokenizer, tokenizer_from, out)
+        else:
+            models = train_models(cfg.tokenizer, data, work / "train.tsv", scans["train"]["codes"], out, progress)
         times["spm"] = time.time() - t
 
         t = time.time()
@@ -124,6 +137,7 @@ def build(cfg, out: Path, records: list[dict], fp: str, console: Console) -> dic
     shutil.rmtree(work)
     times["total"] = time.time() - start
     manifest = make_manifest(cfg, fp, records, scans, binarizer, results, sizes, dtype, times)
+    manifest["tokenizer_from"] = tokenizer_from  # None: trained here on the train split
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     write_json(out / "manifest.json", manifest)
     return manifest
@@ -256,6 +270,22 @@ def train_models(tok: TokenizerConfig, data: DataConfig, path: Path, codes: np.n
         model_path = train_spm(lines, prefix, tok, data.split_seed, data.filters.max_chars)
         for side in use:
             models[side] = load_spm(model_path)
+    return models
+
+
+def copy_models(tok: TokenizerConfig, tokenizer_from: dict, out: Path) -> dict:
+    """Fine-tuning: the initial model's SentencePiece model(s), copied unchanged, not retrained."""
+    folder = Path(tokenizer_from["dir"])
+    names = ["spm.model"] if tok.joint else ["spm.src.model", "spm.tgt.model"]
+    models = {}
+    for name in names:
+        if name not in tokenizer_from["files"]:
+            raise MtcliError(f"train.init_from {tokenizer_from['path']}: {name} is missing from {folder}")
+        shutil.copy2(folder / name, out / name)
+        if freshness.sha256_file(out / name) != tokenizer_from["files"][name]:
+            raise MtcliError(f"{folder / name}: changed while it was being copied; run prepare again")
+    for side in ("src", "tgt"):
+        models[side] = load_spm(out / (names[0] if tok.joint else f"spm.{side}.model"))
     return models
 
 

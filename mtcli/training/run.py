@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+import mtcli.finetune as finetune
 from mtcli.data.manifest import read_manifest
 from mtcli.errors import MtcliError
 from mtcli.files import run_lock, write_text
@@ -68,6 +69,7 @@ def _train_locked(cfg, restart: bool, dist: Dist) -> Path | None:
     from mtcli.config import to_yaml
     from mtcli.data.prepare import run_prepare
 
+    cfg, init = finetune.resolve(cfg)
     if dist.rank == 0:
         check_target(cfg.run_path / "model", "bundle")  # refuse now, not after hours of training
         run_prepare(cfg)
@@ -79,6 +81,10 @@ def _train_locked(cfg, restart: bool, dist: Dist) -> Path | None:
     trainer = Trainer(cfg, manifest, dist)
     resumed = trainer.resume()
     display = Display(cfg.train.max_steps, cfg.train.max_time, enabled=dist.rank == 0)
+    if init is not None and not resumed:
+        trainer.start_from(init)
+        display.message(f"fine-tuning from {init.path}: its weights and tokenizer, a fresh optimizer, "
+                        "schedule and data position")  # fmt: skip
     if dist.rank == 0:
         write_text(cfg.run_path / "config.yaml", to_yaml(cfg))
         n_params = sum(p.numel() for p in trainer.model.parameters())

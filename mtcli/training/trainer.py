@@ -154,6 +154,15 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         return True
 
+    def start_from(self, init) -> None:
+        """Fine-tuning: the initial model's weights; optimizer, schedule and state stay fresh."""
+        from mtcli.finetune import load_weights
+
+        if init.vocab != self.vocab.saved():
+            raise MtcliError(f"train.init_from {init.path}: its vocabulary {init.vocab} differs from the "
+                             f"prepared data's {self.vocab.saved()}; run `mtcli prepare --force`")  # fmt: skip
+        load_weights(self.model, init)
+
     # ------------------------------------------------------------------ one update
 
     def _micro_batches(self, batches: list) -> list | None:
