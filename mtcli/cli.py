@@ -146,6 +146,36 @@ def score(
 
 
 @app.command()
+def compare(
+    hyps: list[str] | None = typer.Argument(None, help="BASELINE_HYP HYP [HYP ...] (or use --model/--src)."),
+    ref: list[str] | None = typer.Option(None, "--ref", "-r", help="Reference file (repeatable; .gz ok)."),
+    model: list[Path] | None = typer.Option(None, "--model", "-m", help="Translate --src with this bundle (repeatable; the first is the baseline)."),
+    src: Path | None = typer.Option(None, "--src", help="Source file the --model bundles translate."),
+    paired_bs: bool = typer.Option(False, "--paired-bs", help="Paired bootstrap resampling (the default)."),
+    paired_ar: bool = typer.Option(False, "--paired-ar", help="Paired approximate randomization."),
+    paired_bs_n: int | None = typer.Option(None, "--paired-bs-n", min=1, help="Bootstrap resamples (sacreBLEU: 1000)."),
+    paired_ar_n: int | None = typer.Option(None, "--paired-ar-n", min=1, help="Randomization trials (sacreBLEU: 10000)."),
+    metric: list[str] | None = typer.Option(None, "--metric", "-M", help="bleu, chrf or ter (repeatable; default bleu and chrf)."),
+    tokenize: str | None = typer.Option(None, "--tokenize", "-t", help="BLEU tokenizer (13a, intl, char, none, ...)."),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF."),
+    chrf_word_order: int = typer.Option(0, "--chrf-word-order", min=0, help="2 gives chrF++."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
+    width: int = typer.Option(2, "--width", "-w", min=0, max=10, help="Decimals printed."),
+) -> None:
+    """Paired significance of systems against a baseline (sacreBLEU's paired bootstrap or randomization)."""
+    from mtcli.compare import run_compare
+
+    if paired_bs and paired_ar:
+        raise MtcliError("--paired-bs and --paired-ar exclude each other")
+    test = "ar" if paired_ar else "bs"
+    run_compare(
+        hyps=hyps or [], refs=ref or [], models=model or [], src=src, test=test,
+        n=paired_ar_n if test == "ar" else paired_bs_n, metrics=metric or [], tokenize=tokenize,
+        lowercase=lowercase, chrf_word_order=chrf_word_order, json_out=json_out, width=width,
+    )  # fmt: skip
+
+
+@app.command()
 def average(
     run_dir: Path = typer.Argument(..., help="Run directory (runs/<name>)."),
     last: int = typer.Option(5, "--last", "-k", min=1, help="Average this many newest checkpoints."),

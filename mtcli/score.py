@@ -95,7 +95,7 @@ def read_text(path: str) -> Text:
     return Text(name, split_lines(data, name))
 
 
-def _check_counts(first: Text, refs: list[Text]) -> None:
+def check_counts(first: Text, refs: list[Text]) -> None:
     for ref in refs:
         if len(ref.lines) != len(first.lines):
             raise MtcliError(
@@ -117,7 +117,8 @@ def _check_usage(files: list[str], model: Path | None, src: Path | None) -> None
         raise MtcliError("expected a hypothesis and at least one reference: HYP REF [REF ...]")
 
 
-def _translate(source: Text, model: Path) -> Text:
+def translate_source(source: Text, model: Path) -> Text:
+    """`model`'s translation of `source`, as `mtcli translate -i SRC` would write it."""
     from mtcli.inference.translator import translate_lines
 
     out = translate_lines(source.lines, model)
@@ -132,12 +133,12 @@ def load_inputs(files: list[str], model: Path | None, src: Path | None) -> tuple
     _check_usage(files, model, src)
     if src is None:
         hyp, *refs = [read_text(path) for path in files]
-        _check_counts(hyp, refs)
+        check_counts(hyp, refs)
         return hyp, refs
     source = read_text(str(src))
     refs = [read_text(path) for path in files]
-    _check_counts(source, refs)
-    return _translate(source, model), refs
+    check_counts(source, refs)
+    return translate_source(source, model), refs
 
 
 # ----------------------------------------------------------------------------- scoring
