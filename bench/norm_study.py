@@ -1,68 +1,87 @@
-"""The residual/normalization study of docs/NORMS.md, reproducible in one command.
+"""The residual/normalization study of docs/NORMS.md, with seeds, reproducible one run at a time.
 
-    python bench/norm_study.py gradients      # 1. per-layer gradient norms at init, 6+6 and 12+12
-    python bench/norm_study.py warmup         # 2. post/pre/deepnorm with and without warmup
-    python bench/norm_study.py depth          # 3. a narrow deep model; post vs pre vs deepnorm vs no residual
+    python bench/norm_study.py gradients      # 1. per-layer gradient norms at init, 6+6 and 12+12, per seed
+    python bench/norm_study.py warmup         # 2. post/pre/deepnorm with their usual warmup, and without, to convergence
+    python bench/norm_study.py depth          # 3. a narrow 12+12 model; post vs pre vs deepnorm vs no residual
     python bench/norm_study.py rmsnorm        # 4. LayerNorm vs RMSNorm throughput and quality
-    python bench/norm_study.py report         # tables + figures from the recorded JSON
+    python bench/norm_study.py report         # tables (mean ± std, paired p-values) + figures from the JSON
 
-Each experiment trains with `mtcli train` on Multi30k en-de (configs/base.yaml, 2048-token batches,
-runs two at a time with one thread each) under the same
-wall-clock budget per run (`--minutes`), writes raw results as JSON under bench/results/norms/,
-and the figures are drawn from those JSON files only. Runs go to runs/norms/<name>.
+Every experiment runs each variant with `--seeds` (default 1,2,3: model initialization and data
+order, `train.seed`) on Multi30k en-de (configs/base.yaml, 2,048-token batches), one run at a
+time with all cores, under a budget in updates (`--steps`), not minutes, so that results do not
+depend on the machine's speed that day. Runs are resumable: a run stopped by Ctrl-C, a reboot or
+`--max-hours` continues from its last checkpoint when the command is given again (`--restart`
+starts over), so a study can be spread over days. Convergence (`warmup`): a run stops when its
+validation loss has not improved by more than `--delta` (0.01 nats) over `--patience` (3)
+evaluations of `--eval-every` (500) updates, or at `--steps`. The BLEU claims get a paired test on
+the same test sentences: each run's bundle translates the test split (beam search) and
+`mtcli compare` (sacreBLEU's paired bootstrap) compares it with the pre-LN run of the same seed.
+Raw results go to bench/results/norms/<experiment>-seeds.json, runs to runs/norms/<name>; the CPU time
+of every run is recorded and the study refuses to start runs past `--max-hours` (default 12) of
+CPU time in total.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from common import REPO
 
-from mtcli.analysis.plot import plot_rows, read_metrics
+from mtcli.analysis.plot import read_metrics
 from mtcli.files import write_text
 
 RESULTS = REPO / "bench" / "results" / "norms"
 FIGURES = REPO / "docs" / "figures"
 BASE = REPO / "configs" / "base.yaml"
 MTCLI = [sys.executable, "-m", "mtcli"]
-# Two runs at a time with one thread each: on 2 cores this avoids the thread stalls of one
-# 2-thread process sharing its cores, and every run of an experiment gets the same resources.
-PARALLEL, THREADS, MAX_TOKENS = 2, 1, 2048
+THREADS, MAX_TOKENS = os.cpu_count() or 1, 2048
 
 
-def train_all(jobs: list[tuple[str, list[str]]], minutes: float, name: str) -> list[dict]:
-    """Run (name, sets) jobs PARALLEL at a time under the same budget; save results as they end."""
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        results = list(pool.map(lambda job: train(job[0], minutes, job[1]), jobs))
-    save(name, results)
-    return results
+def run_dir(name: str) -> Path:
+    return REPO / "runs" / "norms" / name
 
 
-def train(name: str, minutes: float, sets: list[str]) -> dict:
-    """Train one run from scratch under a time budget; return its final metrics."""
-    run = REPO / "runs" / "norms" / name
-    cmd = MTCLI + ["train", str(BASE), "--restart", "--set", f"run_dir={run}", "--set", f"train.max_time={minutes}m",
-                   "--set", "train.eval_every=100", "--set", "train.save_every=100000", "--set", "train.log_every=25",
-                   "--set", "train.eval_max_sentences=300", "--set", "train.average_last=1",
+def cpu_hours_used() -> float:
+    """CPU hours of every run recorded so far (wall time x threads)."""
+    total = 0.0
+    for path in RESULTS.glob("*-seeds.json"):
+        data = json.loads(path.read_text())
+        for r in data.get("runs", []):
+            total += r.get("cpu_s", 0.0)
+    return total / 3600
+
+
+def train(name: str, sets: list[str], args) -> dict:
+    """Train (or resume) one run to its budget; its results, with the CPU time this call spent."""
+    run = run_dir(name)
+    cmd = MTCLI + ["train", str(BASE), "--set", f"run_dir={run}", "--set", f"train.max_steps={args.steps}",
+                   "--set", f"train.eval_every={args.eval_every}", "--set", f"train.save_every={args.eval_every}",
+                   "--set", "train.log_every=25", "--set", "train.eval_max_sentences=500",
+                   "--set", "train.average_last=1", "--set", "train.keep_last=2", "--set", "train.max_time=null",
                    "--set", f"train.threads={THREADS}", "--set", f"train.max_tokens={MAX_TOKENS}"]  # fmt: skip
+    if args.restart:
+        cmd.append("--restart")
     for s in sets:
         cmd += ["--set", s]
     began = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    rows = read_metrics(run)
+    wall = time.time() - began
+    rows = read_metrics(run) if (run / "metrics.jsonl").exists() else []
     train_rows = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "valid_loss" in r]
     return {
-        "name": name, "sets": sets, "minutes": minutes, "exit": proc.returncode, "wall_s": round(time.time() - began, 1),
+        "name": name, "sets": sets, "exit": proc.returncode, "cpu_s": round(wall * THREADS, 1),
         "steps": max((r["step"] for r in rows), default=0),
         "final_loss": train_rows[-1]["loss"] if train_rows else None,
         "best_valid_bleu": max((r.get("valid_bleu", 0) for r in evals), default=None),
-        "final_valid_loss": evals[-1]["valid_loss"] if evals else None,
+        "best_valid_loss": min((r["valid_loss"] for r in evals), default=None),
         "tokens_per_s": _median([r["tokens_per_s"] for r in train_rows[1:]]),
         "diverged": proc.returncode != 0 and "not finite" in proc.stderr,
         "stderr_tail": proc.stderr[-400:], "run_dir": str(run.relative_to(REPO)),
@@ -75,89 +94,152 @@ def _median(xs: list[float]) -> float | None:
     return xs[len(xs) // 2] if xs else None
 
 
-def save(name: str, data) -> None:
+def test_bleu(result: dict, baseline: dict | None) -> None:
+    """Test-split BLEU of the run's bundle and, against `baseline` (same seed), the paired p-value."""
+    bundle, data = REPO / result["run_dir"] / "model", REPO / result["run_dir"] / "data"
+    if not (bundle / "model.safetensors").exists():
+        return
+    refs = ["--src", str(data / "test.src.txt"), str(data / "test.tgt.txt"), "--json"]
+    if baseline is None:  # the baseline itself: its score
+        out = subprocess.run(MTCLI + ["score", "--model", str(bundle), "-M", "bleu", *refs], cwd=REPO,
+                             capture_output=True, text=True)  # fmt: skip
+        if out.returncode == 0:
+            result["test_bleu"] = json.loads(out.stdout)["scores"]["bleu"]["score"]
+        return
+    models = ["--model", str(REPO / baseline["run_dir"] / "model"), "--model", str(bundle)]
+    out = subprocess.run(MTCLI + ["compare", *models, "--src", refs[1], "--ref", refs[2], "-M", "bleu", "--json"],
+                         cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    if out.returncode:
+        result["test_error"] = out.stderr[-300:]
+        return
+    system = json.loads(out.stdout)["systems"][1]["BLEU"]
+    result["test_bleu"], result["p_vs_pre"] = system["score"], system["p_value"]
+
+
+def run_experiment(name: str, variants: list[tuple[str, list[str]]], args) -> None:
+    """Every variant x seed, one at a time, saving the JSON after each run; paired tests at the end."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / f"{name}.json", json.dumps(data, indent=2))
-    print(json.dumps(data, indent=2)[:3000])
+    path = RESULTS / f"{name}-seeds.json"  # beside the single-seed results of the first study
+    runs = []
+    for seed in args.seeds:
+        for variant, sets in variants:
+            if cpu_hours_used() + sum(r["cpu_s"] for r in runs) / 3600 > args.max_hours:
+                print(f"stopping: {args.max_hours} CPU hours used; rerun to continue", flush=True)
+                break
+            result = train(f"{name}-{variant}-s{seed}", [*sets, f"train.seed={seed}"], args)
+            result.update(variant=variant, seed=seed)
+            runs.append(result)
+            print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "stderr_tail")}), flush=True)
+            save(path, name, runs, args)
+    for r in runs:
+        pre = next((b for b in runs if b["seed"] == r["seed"] and b["variant"].startswith("pre")), None)
+        test_bleu(r, None if pre is None or pre is r else pre)
+    save(path, name, runs, args)
+
+
+def save(path: Path, name: str, runs: list[dict], args) -> None:
+    doc = {"experiment": name, "steps": args.steps, "seeds": args.seeds, "runs": runs,
+           "cpu_hours": round(sum(r["cpu_s"] for r in runs) / 3600, 2)}  # fmt: skip
+    write_text(path, json.dumps(doc, indent=2))
 
 
 def exp_gradients(args) -> None:
-    out = RESULTS / "gradients.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    cmd = MTCLI + ["gradients", str(BASE), "--norm", "post,pre,deepnorm", "--layers", "6,12", "--batches", "4",
-                   "--json", str(out), "--set", "model.dropout=0.1"]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, check=True)
+    for seed in args.seeds:
+        out = RESULTS / f"gradients-s{seed}.json"
+        cmd = MTCLI + ["gradients", str(BASE), "--norm", "post,pre,deepnorm", "--layers", "6,12", "--batches", "4",
+                       "--json", str(out), "--set", "model.dropout=0.1", "--set", f"train.seed={seed}"]  # fmt: skip
+        subprocess.run(cmd, cwd=REPO, check=True)
 
 
 def exp_warmup(args) -> None:
-    # A constant learning rate after warmup, so that "no warmup" differs from "warmup" only in the
-    # first steps (inverse-sqrt decay from step 1 would also lower every later learning rate).
-    jobs = [(f"warmup-{norm}-w{warmup}", [f"model.norm={norm}", f"train.warmup_steps={warmup}", f"train.lr={args.lr}",
-                                          "train.schedule=constant"])
-            for norm in ("post", "pre", "deepnorm") for warmup in (args.warmup, 0)]  # fmt: skip
-    train_all(jobs, args.minutes, "warmup")
+    # Each placement with the schedule it normally gets (inverse-sqrt after 1,000 warmup updates,
+    # lr 1e-3, as configs/base.yaml) and the same without warmup, until converged (see --delta).
+    converge = [f"train.patience={args.patience}", f"train.patience_delta={args.delta}", "train.best_metric=valid_loss",
+                "train.schedule=inverse_sqrt", f"train.lr={args.lr}"]  # fmt: skip
+    variants = [(f"{norm}-w{w}", [f"model.norm={norm}", f"train.warmup_steps={w}", *converge])
+                for norm in ("pre", "post", "deepnorm") for w in (args.warmup, 0)]  # fmt: skip
+    run_experiment("warmup", variants, args)
 
 
 def exp_depth(args) -> None:
     narrow = ["model.d_model=128", "model.n_heads=4", "model.d_ff=512", f"model.encoder_layers={args.layers}",
               f"model.decoder_layers={args.layers}", f"train.warmup_steps={args.warmup}", f"train.lr={args.lr}"]  # fmt: skip
-    variants = [("post", []), ("pre", []), ("deepnorm", []), ("pre-noresidual", ["model.residual=false"])]
-    jobs = [(f"depth{args.layers}-{name}", [*narrow, f"model.norm={name.split('-')[0]}", *extra])
-            for name, extra in variants]  # fmt: skip
-    train_all(jobs, args.minutes, f"depth{args.layers}")
+    variants = [("pre", []), ("post", []), ("deepnorm", []), ("pre-noresidual", ["model.residual=false"])]
+    run_experiment(f"depth{args.layers}", [(v, [*narrow, f"model.norm={v.split('-')[0]}", *extra]) for v, extra in variants], args)
 
 
 def exp_rmsnorm(args) -> None:
-    jobs = [(f"normtype-{t}", [f"model.norm_type={t}", f"train.warmup_steps={args.warmup}", f"train.lr={args.lr}"])
-            for t in ("layernorm", "rmsnorm")]  # fmt: skip
-    train_all(jobs, args.minutes, "rmsnorm")
+    variants = [(f"pre-{t}", [f"model.norm_type={t}", f"train.warmup_steps={args.warmup}", f"train.lr={args.lr}"])
+                for t in ("layernorm", "rmsnorm")]  # fmt: skip
+    run_experiment("rmsnorm", variants, args)
 
 
-def report(args) -> None:
-    """Draw figures and print tables from the JSON results."""
+def _spread(runs: list[dict], key: str, digits: int = 2) -> str:
+    """'mean ± std' of a result over the seeds that have it."""
+    xs = [r[key] for r in runs if r.get(key) is not None]
+    if not xs:
+        return "-"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
+
+
+def summary(runs: list[dict]) -> str:
+    """A markdown table: each variant's mean ± std over seeds, and the paired p-values vs pre-LN."""
+    lines = ["| variant | seeds | updates | best valid loss | best valid BLEU | test BLEU | p vs pre-LN (per seed) |",
+             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == variant]
+        ps = ", ".join(f"{r['p_vs_pre']:.3f}" for r in rs if r.get("p_vs_pre") is not None) or "-"
+        lines.append(f"| {variant} | {len(rs)} | {_spread(rs, 'steps', 0)} | {_spread(rs, 'best_valid_loss', 3)} | "
+                     f"{_spread(rs, 'best_valid_bleu')} | {_spread(rs, 'test_bleu')} | {ps} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def figure(name: str, runs: list[dict]) -> None:
+    """Best validation BLEU per variant: the mean over seeds with ± one standard deviation."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtcli.analysis.figures import save_figure
+
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    values = [[r["best_valid_bleu"] or 0.0 for r in runs if r["variant"] == v] for v in variants]
+    fig, ax = plt.subplots(figsize=(1.6 * len(variants) + 2, 4))
+    ax.bar(variants, [statistics.mean(v) for v in values],
+           yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values], capsize=4)  # fmt: skip
+    for i, v in enumerate(values):
+        ax.plot([i] * len(v), v, "k.", alpha=0.6)  # each seed
+    ax.set(ylabel="best validation BLEU", title=f"{name}: mean ± std over seeds")
+    fig.tight_layout()
+    save_figure(fig, FIGURES / f"norm-{name}-seeds.png")
+
+
+def report(args) -> None:
+    """Tables and figures from the recorded JSON only."""
     FIGURES.mkdir(parents=True, exist_ok=True)
-    grads = RESULTS / "gradients.json"
-    if grads.exists():
-        from mtcli.analysis.gradients import plot_gradients
-
-        plot_gradients(json.loads(grads.read_text()), FIGURES / "norm-gradients.png")
-    for name in ("warmup", f"depth{args.layers}", "rmsnorm"):
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            continue
-        runs = json.loads(path.read_text())
-        if any("curve" not in r for r in runs):  # results recorded before curves were kept
-            for r in runs:
-                r.setdefault("curve", read_metrics(REPO / r["run_dir"]))
-            write_text(path, json.dumps(runs, indent=2))
-        plot_rows([(r["name"], r["curve"]) for r in runs], FIGURES / f"norm-{name}.png")
-        print(f"\n{name}\n\n" + table(runs))
-
-
-def table(runs: list[dict]) -> str:
-    """A markdown table of an experiment's runs."""
-    lines = ["| run | steps | final train loss | last valid loss | best valid BLEU | tokens/s | exit |",
-             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-    for r in runs:
-        last_eval = [row for row in r["curve"] if "valid_loss" in row]
-        valid_loss = f"{last_eval[-1]['valid_loss']:.3f}" if last_eval else "-"
-        loss = f"{r['final_loss']:.3f}" if r["final_loss"] is not None else "-"
-        exit_note = "diverged" if r["diverged"] else r["exit"]
-        lines.append(f"| {r['name']} | {r['steps']} | {loss} | {valid_loss} | {r['best_valid_bleu']} "
-                     f"| {r['tokens_per_s'] or 0:.0f} | {exit_note} |")  # fmt: skip
-    return "\n".join(lines)
+    for path in sorted(RESULTS.glob("*-seeds.json")):
+        data = json.loads(path.read_text())
+        if data.get("runs"):
+            figure(data["experiment"], data["runs"])
+            print(f"\n{data['experiment']} ({data['cpu_hours']} CPU hours)\n\n" + summary(data["runs"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["gradients", "warmup", "depth", "rmsnorm", "report"])
-    parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget per run")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
+    parser.add_argument("--steps", type=int, default=20000, help="update budget per run (warmup: the cap)")
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--patience", type=int, default=3, help="warmup: evaluations without a gain of --delta")
+    parser.add_argument("--delta", type=float, default=0.01, help="warmup: validation-loss gain that counts")
     parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
-    parser.add_argument("--warmup", type=int, default=60, help="warmup steps of the runs that warm up")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=1000, help="warmup updates of the runs that warm up")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--max-hours", type=float, default=12.0, help="CPU hours for the whole study")
+    parser.add_argument("--restart", action="store_true", help="start every run over")
     args = parser.parse_args()
     {"gradients": exp_gradients, "warmup": exp_warmup, "depth": exp_depth, "rmsnorm": exp_rmsnorm,
      "report": report}[args.experiment](args)  # fmt: skip

@@ -200,6 +200,9 @@ class TrainConfig(Strict):
     keep_last: int = Field(5, ge=1)
     average_last: int = Field(1, ge=1)
     patience: int | None = Field(None, ge=1)
+    # An evaluation improves on the best only by more than this (in the best metric's unit), so
+    # `patience` can mean "stopped improving by more than patience_delta" (0: any improvement).
+    patience_delta: float = Field(0.0, ge=0.0)
     best_metric: Literal["valid_loss", "valid_bleu", "valid_chrf"] = "valid_loss"
     grad_norm_every: int = Field(100, ge=1)
     max_bad_steps: int = Field(10, ge=1)

@@ -334,3 +334,23 @@ def test_pick_device_one_gpu_per_process(monkeypatch):
     assert pick_device("auto", local_rank=3, local_world=4) == torch.device("cpu")
     with pytest.raises(MtcliError, match="no CUDA device"):
         pick_device("cuda")
+
+
+def test_patience_counts_only_gains_above_the_delta():
+    from types import SimpleNamespace
+
+    from mtcli.training.trainer import TrainState, Trainer
+
+    fake = SimpleNamespace(t=SimpleNamespace(best_metric="valid_loss", patience_delta=0.1), state=TrainState())
+    seen = []
+    for step, loss in enumerate([5.0, 4.95, 4.92, 4.85, 4.90, 4.80], 1):
+        fake.state.step = step
+        better = Trainer.improved(fake, {"valid_loss": loss})
+        seen.append((better, fake.state.bad_evals, fake.state.best))
+    # 4.95 and 4.92 are new bests but gain less than 0.1 on 5.0; 4.85 gains 0.15 and restarts.
+    assert seen == [(True, 0, 5.0), (True, 1, 4.95), (True, 2, 4.92), (True, 0, 4.85), (False, 1, 4.85),
+                    (True, 2, 4.80)]  # fmt: skip
+    fake.t.best_metric = "valid_bleu"
+    fake.state = TrainState()
+    assert [Trainer.improved(fake, {"valid_bleu": b}) or fake.state.bad_evals for b in (10.0, 10.05, 10.2)] == [True, True, True]
+    assert fake.state.bad_evals == 0 and fake.state.best == 10.2

@@ -61,7 +61,8 @@ class TrainState:
     tokens: int = 0  # target tokens trained on
     best: float | None = None  # best value of train.best_metric so far
     best_step: int | None = None
-    bad_evals: int = 0  # evaluations since the best one (patience)
+    bad_evals: int = 0  # evaluations without a gain of more than train.patience_delta (patience)
+    patience_ref: float | None = None  # the value at the last such gain
     skipped: int = 0  # updates dropped for a non-finite loss or gradient
     bad_run: int = 0  # of those, how many in a row
 
@@ -249,12 +250,18 @@ class Trainer:
         value = row.get(self.t.best_metric)
         if value is None:
             return False
-        higher = self.t.best_metric != "valid_loss"
+        sign = 1.0 if self.t.best_metric != "valid_loss" else -1.0  # higher BLEU is better, lower loss
         s = self.state
-        if s.best is None or (value > s.best if higher else value < s.best):
-            s.best, s.best_step, s.bad_evals = value, s.step, 0
+        # Patience restarts only when the value beats the one of the last restart by more than
+        # patience_delta, so many tiny gains still end the run (the best checkpoint takes them all).
+        ref = s.best if s.patience_ref is None else s.patience_ref  # checkpoints before patience_ref
+        if ref is None or sign * (value - ref) > self.t.patience_delta:
+            s.patience_ref, s.bad_evals = value, 0
+        else:
+            s.bad_evals += 1
+        if s.best is None or sign * (value - s.best) > 0:
+            s.best, s.best_step = value, s.step
             return True
-        s.bad_evals += 1
         return False
 
     # ------------------------------------------------------------------ the loop
@@ -278,7 +285,8 @@ class Trainer:
         if t.max_epochs and s.epoch > t.max_epochs:
             return f"reached train.max_epochs={t.max_epochs}"
         if t.patience and s.bad_evals >= t.patience:
-            return f"no {t.best_metric} improvement in {t.patience} evaluations (early stop)"
+            gain = f" of more than {t.patience_delta:g}" if t.patience_delta else ""
+            return f"no {t.best_metric} improvement{gain} in {t.patience} evaluations (early stop)"
         if self._signal is not None:
             return f"stopped by {signal.Signals(self._signal).name}"
         return None
