@@ -61,7 +61,7 @@ def cpu_hours_used() -> float:
 def train(name: str, sets: list[str], args) -> dict:
     """Train (or resume) one run to its budget; its results, with the CPU time this call spent."""
     run = run_dir(name)
-    cmd = MTCLI + ["train", str(BASE), "--set", f"run_dir={run}", "--set", f"train.max_steps={args.steps}",
+    cmd = MTCLI + ["train", str(args.config), "--set", f"run_dir={run}", "--set", f"train.max_steps={args.steps}",
                    "--set", f"train.eval_every={args.eval_every}", "--set", f"train.save_every={args.eval_every}",
                    "--set", "train.log_every=25", "--set", "train.eval_max_sentences=500",
                    "--set", "train.average_last=1", "--set", "train.keep_last=2", "--set", "train.max_time=null",
@@ -147,7 +147,7 @@ def exp_gradients(args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         out = RESULTS / f"gradients-s{seed}.json"
-        cmd = MTCLI + ["gradients", str(BASE), "--norm", "post,pre,deepnorm", "--layers", "6,12", "--batches", "4",
+        cmd = MTCLI + ["gradients", str(args.config), "--norm", "post,pre,deepnorm", "--layers", "6,12", "--batches", "4",
                        "--json", str(out), "--set", "model.dropout=0.1", "--set", f"train.seed={seed}"]  # fmt: skip
         subprocess.run(cmd, cwd=REPO, check=True)
 
@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--max-hours", type=float, default=12.0, help="CPU hours for the whole study")
     parser.add_argument("--restart", action="store_true", help="start every run over")
+    parser.add_argument("--config", type=Path, default=BASE, help="experiment config (configs/tiny.yaml: a smoke test)")
     args = parser.parse_args()
     {"gradients": exp_gradients, "warmup": exp_warmup, "depth": exp_depth, "rmsnorm": exp_rmsnorm,
      "report": report}[args.experiment](args)  # fmt: skip
