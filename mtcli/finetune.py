@@ -47,6 +47,9 @@ def _from_bundle(path: Path, where: str) -> InitialModel:
     missing = [n for n in ("model.safetensors", "config.yaml", "metadata.json") if not (path / n).is_file()]
     if missing:
         raise MtcliError(f"{where}: not a model bundle (missing {', '.join(missing)})")
+    if (path / "spm.ids.json").exists():  # an imported model: its ids are not SentencePiece's
+        raise MtcliError(f"{where}: fine-tuning an imported bundle (spm.ids.json maps its vocabulary) "
+                         "is not supported yet; prepare cannot encode with that id map")  # fmt: skip
     config_file = path / "config.yaml"
     config = load_yaml(config_file.read_text(encoding="utf-8"), str(config_file))
     try:

@@ -339,7 +339,7 @@ def test_pick_device_one_gpu_per_process(monkeypatch):
 def test_patience_counts_only_gains_above_the_delta():
     from types import SimpleNamespace
 
-    from mtcli.training.trainer import TrainState, Trainer
+    from mtcli.training.trainer import Trainer, TrainState
 
     fake = SimpleNamespace(t=SimpleNamespace(best_metric="valid_loss", patience_delta=0.1), state=TrainState())
     seen = []
