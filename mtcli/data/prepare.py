@@ -56,10 +56,14 @@ from mtcli.files import new_dir, run_lock, swap_dir, sweep_run, write_json
 SCAN_REPORT = 10_000  # pairs between progress updates
 
 
-def run_prepare(cfg: Config, force: bool = False) -> dict:
-    """Prepare cfg's data into `cfg.run_path / "data"` unless it is up to date; returns the manifest."""
+def run_prepare(cfg: Config, force: bool = False, init: finetune.InitialModel | None = None) -> dict:
+    """Prepare cfg's data into `cfg.run_path / "data"` unless it is up to date; returns the manifest.
+
+    `init`: the initial model `train` has already resolved (else train.init_from is read here)."""
     with run_lock(cfg.run_path):  # re-entrant: `train` already holds it
-        return _prepare_locked(*finetune.resolve(cfg), force)
+        if init is None:
+            cfg, init = finetune.resolve(cfg)
+        return _prepare_locked(cfg, init, force)
 
 
 def _prepare_locked(cfg: Config, init: finetune.InitialModel | None, force: bool) -> dict:

@@ -72,7 +72,7 @@ def _train_locked(cfg, restart: bool, dist: Dist) -> Path | None:
     cfg, init = finetune.resolve(cfg)
     if dist.rank == 0:
         check_target(cfg.run_path / "model", "bundle")  # refuse now, not after hours of training
-        run_prepare(cfg)
+        run_prepare(cfg, init=init)  # the initial model read once, not again
     dist.barrier()
     manifest = read_manifest(cfg.run_path / "data")
     if restart and dist.rank == 0:
