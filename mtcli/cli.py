@@ -257,6 +257,37 @@ def serve(
     )  # fmt: skip
 
 
+@app.command("export")
+def export_(
+    bundle: Path = typer.Argument(..., help="Model bundle to export (e.g. runs/demo/model)."),
+    to: str = typer.Option(..., "--to", help="Target format: ctranslate2 or huggingface."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (a new one, or an earlier export)."),
+    quantization: str | None = typer.Option(
+        None, "--quantization", "-q",
+        help="Weight type: int8, int8_float32, int8_bfloat16, float16 or bfloat16 (default float32).",
+    ),
+) -> None:
+    """Export a bundle to CTranslate2 or Hugging Face Transformers (computes the same function)."""
+    from mtcli.export.command import run_export
+
+    typer.echo(f"wrote {run_export(bundle, to, output, quantization)}", err=True)
+
+
+import_app = typer.Typer(help="Import models trained elsewhere as mtcli bundles.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("huggingface")
+def import_huggingface(
+    directory: Path = typer.Argument(..., help="Folder saved by MarianMTModel.save_pretrained, with its tokenizer."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write (a new one, or an mtcli bundle)."),
+) -> None:
+    """Import a Hugging Face Marian (OPUS-MT) model as an mtcli bundle."""
+    from mtcli.imports.marian import run_import
+
+    typer.echo(f"wrote {run_import(directory, output)}", err=True)
+
+
 def main() -> None:
     """Console entry point: run the app and turn MtcliErrors into one `error:` line."""
     try:

@@ -138,7 +138,7 @@ class ModelConfig(Strict):
     decoder_layers: int = Field(3, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    activation: Literal["relu", "gelu"] = "relu"
+    activation: Literal["relu", "gelu", "silu"] = "relu"  # silu = swish (Marian/OPUS-MT)
     norm: Literal[NORM_PLACEMENTS] = "pre"
     norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = Field(1e-5, gt=0.0)
@@ -146,6 +146,8 @@ class ModelConfig(Strict):
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     max_positions: int = Field(1024, ge=16)
     tie_embeddings: bool = True
+    # A learned bias on the output logits (Marian's `final_logits_bias`; imported models).
+    output_bias: bool = False
 
     @field_validator("n_heads")
     @classmethod
@@ -251,6 +253,8 @@ class DecodeConfig(Strict):
     # CPU only: batches searched at once, each by its own thread with torch's threads split among
     # them; 0: 2 when torch has 2 or more threads (1.05-1.23x faster on 2 cores, same output), else 1.
     workers: int = Field(0, ge=0)
+    # Text put before every source line, e.g. ">>fra<<" for a multi-target OPUS-MT model.
+    src_prefix: str = ""
 
 
 class Config(Strict):

@@ -45,3 +45,19 @@ def run(prepared, tmp_path) -> Path:
     dest = tmp_path / "runs" / "tiny"
     shutil.copytree(prepared, dest, symlinks=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, data_dir) -> Path:
+    """A tiny model trained long enough that its greedy outputs vary (the export tests' trained model)."""
+    import subprocess
+    import sys
+
+    from run_helpers import REPO
+
+    run = tmp_path_factory.mktemp("trained") / "runs" / "tiny"
+    out = subprocess.run([sys.executable, "-m", "mtcli", "train", str(TINY), "--set", f"run_dir={run}",
+                          "--set", "train.max_steps=250", "--set", "train.eval_every=1000",
+                          "--set", "train.save_every=1000"], capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return run / "model"

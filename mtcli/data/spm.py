@@ -75,13 +75,23 @@ def encoder(processor) -> Callable[[list[str]], list[list[int]]]:
     return lambda lines: processor.encode(lines, out_type=int, num_threads=threads)
 
 
+ID_MAP = "spm.ids.json"  # an imported model's vocabulary: model ids that are not SentencePiece's
+LANGUAGE_CODE = re.compile(r"^\s*(>>[^<>\s]+<<)\s*")  # Marian's target-language token: ">>fra<< text"
+
+
 class Tokenizer:
     """Encodes source text and decodes target ids with the run's SentencePiece model(s).
 
-    `directory` holds `spm.model` (joint) or `spm.src.model` and `spm.tgt.model` (separate).
+    `directory` holds `spm.model` (joint) or `spm.src.model` and `spm.tgt.model` (separate). An
+    imported model's folder also holds `spm.ids.json` (`id_map`): its pieces in model-id order per
+    side and its special ids, since its vocabulary numbers pieces differently from SentencePiece
+    (Marian's `vocab.json`). Pieces are then looked up by string, unknown ones as `unk_id`, and a
+    leading `>>xxx<<` language token is kept whole, as Marian's own tokenizer does.
     """
 
     def __init__(self, directory: Path):
+        import json
+
         import sentencepiece as spm
 
         directory = Path(directory)
@@ -91,21 +101,42 @@ class Tokenizer:
         self.joint = joint.exists()
         self.src = spm.SentencePieceProcessor(model_file=str(src_path))
         self.tgt = self.src if self.joint else spm.SentencePieceProcessor(model_file=str(tgt_path))
-        self.pad_id, self.unk_id = self.tgt.pad_id(), self.tgt.unk_id()
-        self.bos_id, self.eos_id = self.tgt.bos_id(), self.tgt.eos_id()
+        self.id_map = None
+        ids_path = directory / ID_MAP
+        if ids_path.exists():
+            self.id_map = json.loads(ids_path.read_text(encoding="utf-8"))
+            self._src_ids = {p: i for i, p in enumerate(self.id_map["src_pieces"])}
+            self._tgt_pieces = self.id_map["tgt_pieces"]
+            self.pad_id, self.unk_id = self.id_map["pad_id"], self.id_map["unk_id"]
+            self.bos_id, self.eos_id = self.id_map["bos_id"], self.id_map["eos_id"]
+            self._special = {self.pad_id, self.bos_id, self.eos_id}
+        else:
+            self.pad_id, self.unk_id = self.tgt.pad_id(), self.tgt.unk_id()
+            self.bos_id, self.eos_id = self.tgt.bos_id(), self.tgt.eos_id()
 
     @property
     def src_vocab_size(self) -> int:
-        return self.src.get_piece_size()
+        return len(self.id_map["src_pieces"]) if self.id_map else self.src.get_piece_size()
 
     @property
     def tgt_vocab_size(self) -> int:
-        return self.tgt.get_piece_size()
+        return len(self._tgt_pieces) if self.id_map else self.tgt.get_piece_size()
 
     def encode_src(self, lines: list[str]) -> list[list[int]]:
         """Source sentences -> ids (no BOS/EOS)."""
-        return self.src.encode(lines)
+        if self.id_map is None:
+            return self.src.encode(lines)
+        out = []
+        for line in lines:
+            code = LANGUAGE_CODE.match(line)
+            head = [code.group(1)] if code else []
+            pieces = head + self.src.encode(line[code.end():] if code else line, out_type=str)
+            out.append([self._src_ids.get(p, self.unk_id) for p in pieces])
+        return out
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         """Target ids -> detokenized text (special ids dropped)."""
-        return self.tgt.decode(ids)
+        if self.id_map is None:
+            return self.tgt.decode(ids)
+        pieces = self._tgt_pieces
+        return [self.tgt.decode_pieces([pieces[i] for i in seq if i not in self._special]) for seq in ids]

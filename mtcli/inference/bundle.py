@@ -38,7 +38,7 @@ def is_bundle(path: Path) -> bool:
 
 
 def _is_spm(name: str) -> bool:
-    return name.startswith("spm") and name.endswith(".model")
+    return (name.startswith("spm") and name.endswith(".model")) or name == "spm.ids.json"
 
 
 def check_target(bundle_dir: Path, option: str = "-o") -> bool:
@@ -60,7 +60,7 @@ def export_bundle(model, config_dump: dict, data_dir: Path, bundle_dir: Path, me
     try:
         save_model(model, str(tmp / "model.safetensors"), metadata={SPEC_KEY: digest})
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_dump, sort_keys=False, allow_unicode=True))
-        for spm_file in sorted(Path(data_dir).glob("spm*.model")):
+        for spm_file in sorted(f for f in Path(data_dir).glob("spm*") if _is_spm(f.name)):
             shutil.copy2(spm_file, tmp / spm_file.name)
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
         (tmp / "model.safetensors").chmod(0o644)

@@ -16,8 +16,10 @@ from mtcli.errors import MtcliError
 class Translator:
     """A model, its tokenizer and search settings: text lines in, hypotheses out."""
 
-    def __init__(self, model, tokenizer, params, max_tokens: int, workers: int, device=None, warn=None):
+    def __init__(self, model, tokenizer, params, max_tokens: int, workers: int, device=None, warn=None,
+                 src_prefix: str = ""):  # fmt: skip
         self.model, self.tok, self.params = model, tokenizer, params
+        self.src_prefix = src_prefix
         self.max_tokens = max_tokens
         self.workers = workers
         self.device = device or next(model.parameters()).device
@@ -47,6 +49,8 @@ class Translator:
         from mtcli.inference.search import beam_search
 
         clean = [" ".join(line.split()) for line in lines]
+        if self.src_prefix:
+            clean = [f"{self.src_prefix} {line}" if line else line for line in clean]
         ids = self.encode(clean, first_line)
         out: list[list[dict]] = [[] for _ in lines]
 
@@ -123,7 +127,7 @@ def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), dev
         raise MtcliError("decode.int8 and decode.bf16 (--int8, --bf16) exclude each other: choose one")
     params = SearchParams.from_decode(decode, tok, beam, nbest)
     net = inference_model(net, device, decode.int8, decode.bf16)
-    return Translator(net, tok, params, decode.max_tokens, decode.workers, device)
+    return Translator(net, tok, params, decode.max_tokens, decode.workers, device, src_prefix=decode.src_prefix)
 
 
 def inference_model(net, device, int8: bool = False, bf16: bool = False, warn=None):

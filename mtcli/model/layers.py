@@ -19,6 +19,7 @@ from mtcli.model.residual import Residual
 Cache = dict[str, torch.Tensor]
 
 
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}  # gelu: the exact (erf) one
 MANUAL_QUERIES = 16  # CPU inference with at most this many queries per row: `_attend`, not SDPA
 
 
@@ -180,7 +181,7 @@ class FeedForward(nn.Module):
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
         self.dropout = Dropout(dropout)
-        self.activation = F.gelu if activation == "gelu" else F.relu
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))

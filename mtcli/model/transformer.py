@@ -82,6 +82,7 @@ class Transformer(nn.Module):
         share_embeddings: bool,
         tie_output: bool,
         pad_id: int,
+        output_bias: bool = False,
     ):
         super().__init__()
         self.pad_id = pad_id
@@ -104,6 +105,7 @@ class Transformer(nn.Module):
         self.encoder_norm = final_norm(norm, norm_type, d_model, eps)
         self.decoder_norm = final_norm(norm, norm_type, d_model, eps)
         self.output_proj = None if tie_output else nn.Linear(d_model, tgt_vocab, bias=False)
+        self.output_bias = nn.Parameter(torch.zeros(tgt_vocab)) if output_bias else None
         self.reset_parameters(encoder_layers, decoder_layers)
 
     def reset_parameters(self, n_enc: int, n_dec: int) -> None:
@@ -157,10 +159,13 @@ class Transformer(nn.Module):
         return self.project(self.decoder_norm(x))
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, V) logits, through the tied target embedding unless untied."""
+        """(B, T, D) -> (B, T, V) logits, through the tied target embedding unless untied (plus the
+        output bias of imported Marian models)."""
         if self.output_proj is not None:
-            return self.output_proj(x)
-        return F.linear(x, self.tgt_embed.tokens.weight)
+            logits = self.output_proj(x)
+        else:
+            logits = F.linear(x, self.tgt_embed.tokens.weight)
+        return logits if self.output_bias is None else logits + self.output_bias.to(logits.dtype)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits: src (B, S), tgt_in (B, T) -> (B, T, V)."""
@@ -213,12 +218,16 @@ def transformer_kwargs(model_cfg: ModelConfig, vocab: Vocab) -> dict:
         share_embeddings=m.tie_embeddings and vocab.joint,
         tie_output=m.tie_embeddings,
         pad_id=vocab.pad_id,
+        output_bias=m.output_bias,
     )
 
 
 def build_model(model_cfg: ModelConfig, vocab: Vocab) -> Transformer:
     """The one place that turns a `ModelConfig` and a vocabulary into a Transformer."""
     return Transformer(**transformer_kwargs(model_cfg, vocab))
+
+
+LATER_KEYS = {"output_bias": False}  # spec keys added after bundles existed, with the old behaviour
 
 
 def spec_digest(model_cfg: ModelConfig, vocab: Vocab) -> str:
@@ -229,4 +238,6 @@ def spec_digest(model_cfg: ModelConfig, vocab: Vocab) -> str:
     it does not change what a trained model computes.
     """
     spec = {k: v for k, v in transformer_kwargs(model_cfg, vocab).items() if "dropout" not in k}
+    # Keys added later count only when set, so bundles written before them keep their digest.
+    spec = {k: v for k, v in spec.items() if LATER_KEYS.get(k, object()) != v}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

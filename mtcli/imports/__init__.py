@@ -1,0 +1,1 @@
+"""Models into mtcli: `mtcli import huggingface DIR -o BUNDLE` (see marian.py)."""
