@@ -295,7 +295,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [part for part in key.strip().split(".") if part]
     if not path:
         raise MtcliError(f"--set {text!r}: empty key")
-    value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
+    try:
+        value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
+    except MtcliError:
+        if raw.lstrip()[:1] in "[{\"'":  # meant as a list, mapping or quoted string: say what is wrong
+            raise
+        value = raw  # a plain word YAML cannot read, e.g. >>fra<< (the shell ate its quotes)
     return path, value
 
 

@@ -9,6 +9,7 @@ from sentence to sentence (a fresh init tends to repeat one token), and writes a
 from __future__ import annotations
 
 import gzip
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -77,3 +78,13 @@ def random_bundle(out: Path, spm: Path, seed: int = 0, scale: float = 10.0, deco
     meta = {**vocab.saved(), **SPECIAL, "mtcli": "test", "src_lang": SRC, "tgt_lang": TGT}
     export_bundle(net, cfg.model_dump(mode="json"), spm, out, meta, spec_digest(cfg.model, vocab))
     return out
+
+
+def assert_varied(outputs: list[list[int]]) -> None:
+    """Outputs that differ from sentence to sentence, not one token everywhere: else identity proves little.
+
+    (Random post-LN models with tied embeddings tend to repeat a token; the log-probability check
+    over the whole vocabulary at every position is the strict one.)"""
+    counts = Counter(map(tuple, outputs))
+    assert len(counts) >= max(10, len(outputs) // 20), f"only {len(counts)} distinct outputs"
+    assert counts.most_common(1)[0][1] < 0.5 * len(outputs), f"one output dominates: {counts.most_common(1)}"

@@ -191,10 +191,12 @@ def run_import(directory: Path, output: Path) -> Path:
     directory, output = Path(directory), Path(output)
     config = check_dir(directory)
     check_target(output)
+    # Separate embeddings may still number one vocabulary (no target_vocab.json): both sides read vocab.json.
     separate = not config.get("share_encoder_decoder_embeddings", True)
-    if separate and not (directory / "target_vocab.json").is_file():
-        raise MtcliError(f"{directory / 'target_vocab.json'}: missing (config.json has separate vocabularies)")
-    ids = id_map(directory, config, separate)
+    ids = id_map(directory, config, separate and (directory / "target_vocab.json").is_file())
+    if len(ids["tgt_pieces"]) != (config.get("decoder_vocab_size") or config["vocab_size"]):
+        raise MtcliError(f"{directory / 'config.json'}: decoder_vocab_size={config.get('decoder_vocab_size')} "
+                         f"but the target vocabulary has {len(ids['tgt_pieces'])} pieces")  # fmt: skip
     state = load_weights(directory)
     bias = _lookup(state, "final_logits_bias")  # all zeros (an mtcli export without one): left out
     cfg = mtcli_config(directory, config, separate, decode_settings(directory), bool(bias is not None and bias.any()))
