@@ -47,9 +47,6 @@ def _from_bundle(path: Path, where: str) -> InitialModel:
     missing = [n for n in ("model.safetensors", "config.yaml", "metadata.json") if not (path / n).is_file()]
     if missing:
         raise MtcliError(f"{where}: not a model bundle (missing {', '.join(missing)})")
-    if (path / "spm.ids.json").exists():  # an imported model: its ids are not SentencePiece's
-        raise MtcliError(f"{where}: fine-tuning an imported bundle (spm.ids.json maps its vocabulary) "
-                         "is not supported yet; prepare cannot encode with that id map")  # fmt: skip
     config_file = path / "config.yaml"
     config = load_yaml(config_file.read_text(encoding="utf-8"), str(config_file))
     try:
@@ -74,7 +71,8 @@ def _spm_files(folder: Path, where: str) -> tuple[Path, ...]:
     files = tuple(sorted(folder.glob("spm*.model")))
     if not files:
         raise MtcliError(f"{where}: no SentencePiece model (spm*.model) in {folder}")
-    return files
+    ids = folder / "spm.ids.json"  # an imported model's own numbering of the pieces
+    return (*files, ids) if ids.is_file() else files
 
 
 def inherit(cfg, init: InitialModel):

@@ -226,3 +226,42 @@ def test_export_then_import_gives_back_the_same_bundle(joint, tied, tmp_path, da
     text = lines("en", "val", 100)
     assert [h[0]["text"] for h in load_translator(bundle).translate(text)] == \
         [h[0]["text"] for h in load_translator(back).translate(text)]  # fmt: skip
+
+
+def test_an_imported_model_fine_tunes_with_its_own_numbering(spms, tmp_path):
+    import numpy as np
+    import yaml
+
+    from mtcli.data.manifest import read_manifest
+    from mtcli.data.spm import Tokenizer
+
+    directory = marian_dir(tmp_path / "opus-mt-en-de", spms, seed=0)
+    bundle = run_import(directory, tmp_path / "bundle")
+    m30k = "${MTCLI_DATA}/multi30k"
+    config = {
+        "name": "ft", "run_dir": str(tmp_path / "runs" / "ft"),
+        "data": {"src_lang": "en", "tgt_lang": "de", "max_train_pairs": 600, "valid_size": 50, "test_size": 50,
+                 "filters": {"max_tokens": 120},
+                 "train": {"type": "pair", "src": f"{m30k}/train.en.gz", "tgt": f"{m30k}/train.de.gz"}},
+        "train": {"init_from": str(bundle), "max_steps": 30, "max_tokens": 1024, "lr": 3e-3, "warmup_steps": 5,
+                  "log_every": 5, "eval_every": 1000, "save_every": 1000, "label_smoothing": 0.0, "seed": 1},
+    }  # fmt: skip
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(config))
+    out = subprocess.run([sys.executable, "-m", "mtcli", "train", str(tmp_path / "ft.yaml")],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "runs" / "ft"
+    manifest = read_manifest(run / "data")
+    assert manifest.ids["pad_id"] == manifest.vocab.pad_id == len(json.loads((directory / "vocab.json").read_text())) - 1
+    assert (run / "data" / "spm.ids.json").read_bytes() == (bundle / "spm.ids.json").read_bytes()
+    # prepare encoded the corpus through the imported numbering, as the tokenizer does
+    tok = Tokenizer(run / "data")
+    valid_src = (run / "data" / "valid.src.txt").read_text(encoding="utf-8").splitlines()
+    from mtcli.data.splits import load_pair
+
+    src_split, _ = load_pair(run / "data", "valid", manifest.dtype)
+    assert [list(np.asarray(src_split[i])) for i in range(3)] == tok.encode_src(valid_src[:3])
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < losses[0]
+    assert (run / "model" / "spm.ids.json").is_file()
+    assert load_translator(run / "model").translate(["A dog runs."])[0][0]["tokens"] > 0

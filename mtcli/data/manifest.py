@@ -10,7 +10,7 @@ earlier versions keep loading.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtcli.errors import MtcliError
@@ -50,15 +50,17 @@ class Manifest:
     vocab: Vocab
     tokenizer_type: str  # unigram or bpe
     spm_models: tuple[str, ...]  # ("spm.model",) when joint, else the source and target models
+    ids: dict = field(default_factory=lambda: dict(SPECIAL))  # special ids (an imported model's own)
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "manifest.json") -> Manifest:
         """From the JSON object prepare wrote; a missing key is a clear error."""
         try:
             v = raw["vocab"]
-            vocab = Vocab(int(v["src_size"]), int(v["tgt_size"]), bool(v["joint"]), SPECIAL["pad_id"])
+            ids = {**SPECIAL, **v.get("special", {})}
+            vocab = Vocab(int(v["src_size"]), int(v["tgt_size"]), bool(v["joint"]), int(ids["pad_id"]))
             return cls(raw["src_lang"], raw["tgt_lang"], raw["dtype"], tuple(raw["splits"]), vocab,
-                       v["type"], tuple(v["models"]))  # fmt: skip
+                       v["type"], tuple(v["models"]), ids)  # fmt: skip
         except (KeyError, TypeError) as exc:
             raise MtcliError(f"{where}: not a manifest of prepared data (missing {exc}); run `mtcli prepare --force`") from None
 

@@ -141,6 +141,7 @@ def build(cfg, out: Path, records: list[dict], fp: str, console: Console, tokeni
     shutil.rmtree(work)
     times["total"] = time.time() - start
     manifest = make_manifest(cfg, fp, records, scans, binarizer, results, sizes, dtype, times)
+    manifest["vocab"] = _mapped_vocab(manifest["vocab"], out)
     manifest["tokenizer_from"] = tokenizer_from  # None: trained here on the train split
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     write_json(out / "manifest.json", manifest)
@@ -280,7 +281,9 @@ def train_models(tok: TokenizerConfig, data: DataConfig, path: Path, codes: np.n
 def copy_models(tok: TokenizerConfig, tokenizer_from: dict, out: Path) -> dict:
     """Fine-tuning: the initial model's SentencePiece model(s), copied unchanged, not retrained."""
     folder = Path(tokenizer_from["dir"])
-    names = ["spm.model"] if tok.joint else ["spm.src.model", "spm.tgt.model"]
+    mapped = "spm.ids.json" in tokenizer_from["files"]  # an imported model: two files and its own ids
+    names = ["spm.src.model", "spm.tgt.model", "spm.ids.json"] if mapped else (
+        ["spm.model"] if tok.joint else ["spm.src.model", "spm.tgt.model"])  # fmt: skip
     models = {}
     for name in names:
         if name not in tokenizer_from["files"]:
@@ -288,6 +291,12 @@ def copy_models(tok: TokenizerConfig, tokenizer_from: dict, out: Path) -> dict:
         shutil.copy2(folder / name, out / name)
         if freshness.sha256_file(out / name) != tokenizer_from["files"][name]:
             raise MtcliError(f"{folder / name}: changed while it was being copied; run prepare again")
+    if mapped:
+        from mtcli.data.spm import MappedPieces, read_id_map
+
+        ids = read_id_map(out)
+        return {side: MappedPieces(load_spm(out / f"spm.{side}.model"), ids[f"{side}_pieces"], ids["unk_id"])
+                for side in ("src", "tgt")}  # fmt: skip
     for side in ("src", "tgt"):
         models[side] = load_spm(out / (names[0] if tok.joint else f"spm.{side}.model"))
     return models
@@ -399,6 +408,17 @@ def _vocab_entry(tok: TokenizerConfig, sizes: dict) -> dict:
         "character_coverage": tok.character_coverage,
         "models": ["spm.model"] if tok.joint else ["spm.src.model", "spm.tgt.model"],
     }
+
+
+def _mapped_vocab(entry: dict, out: Path) -> dict:
+    """An imported model's vocabulary entry: its two SentencePiece files and its own special ids."""
+    from mtcli.data.spm import read_id_map
+
+    ids = read_id_map(out)
+    if ids is None:
+        return entry
+    return {**entry, "models": ["spm.src.model", "spm.tgt.model"],
+            "special": {k: ids[k] for k in ("pad_id", "unk_id", "bos_id", "eos_id")}}  # fmt: skip
 
 
 def _versions() -> dict:

@@ -79,6 +79,31 @@ ID_MAP = "spm.ids.json"  # an imported model's vocabulary: model ids that are no
 LANGUAGE_CODE = re.compile(r"^\s*(>>[^<>\s]+<<)\s*")  # Marian's target-language token: ">>fra<< text"
 
 
+class MappedPieces:
+    """A SentencePiece model whose pieces an imported model numbers its own way (`spm.ids.json`):
+    what `prepare` encodes with when fine-tuning such a model. Same calls as a processor."""
+
+    def __init__(self, processor, pieces: list[str], unk_id: int):
+        self.processor, self.unk_id = processor, unk_id
+        self.ids = {p: i for i, p in enumerate(pieces)}
+        self.size = len(pieces)
+
+    def get_piece_size(self) -> int:
+        return self.size
+
+    def encode(self, lines: list[str], out_type=int, num_threads: int = 1) -> list[list[int]]:
+        pieces = self.processor.encode(lines, out_type=str, num_threads=num_threads)
+        return [[self.ids.get(p, self.unk_id) for p in seq] for seq in pieces]
+
+
+def read_id_map(folder: Path) -> dict | None:
+    """The `spm.ids.json` of a folder (an imported model's numbering), or None."""
+    import json
+
+    path = Path(folder) / ID_MAP
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 class Tokenizer:
     """Encodes source text and decodes target ids with the run's SentencePiece model(s).
 
@@ -90,8 +115,6 @@ class Tokenizer:
     """
 
     def __init__(self, directory: Path):
-        import json
-
         import sentencepiece as spm
 
         directory = Path(directory)
@@ -101,10 +124,9 @@ class Tokenizer:
         self.joint = joint.exists()
         self.src = spm.SentencePieceProcessor(model_file=str(src_path))
         self.tgt = self.src if self.joint else spm.SentencePieceProcessor(model_file=str(tgt_path))
-        self.id_map = None
-        ids_path = directory / ID_MAP
-        if ids_path.exists():
-            self.id_map = json.loads(ids_path.read_text(encoding="utf-8"))
+        self._word_starts: set[int] | None = None
+        self.id_map = read_id_map(directory)
+        if self.id_map is not None:
             self._src_ids = {p: i for i, p in enumerate(self.id_map["src_pieces"])}
             self._tgt_pieces = self.id_map["tgt_pieces"]
             self.pad_id, self.unk_id = self.id_map["pad_id"], self.id_map["unk_id"]
@@ -121,6 +143,16 @@ class Tokenizer:
     @property
     def tgt_vocab_size(self) -> int:
         return len(self._tgt_pieces) if self.id_map else self.tgt.get_piece_size()
+
+    def src_word_starts(self) -> set[int]:
+        """Source ids of the pieces that begin a word (SentencePiece's leading "\u2581"); computed once."""
+        if self._word_starts is None:
+            if self.id_map is not None:
+                pieces = self.id_map["src_pieces"]
+            else:
+                pieces = [self.src.id_to_piece(i) for i in range(self.src.get_piece_size())]
+            self._word_starts = {i for i, p in enumerate(pieces) if p.startswith("\u2581")}
+        return self._word_starts
 
     def encode_src(self, lines: list[str]) -> list[list[int]]:
         """Source sentences -> ids (no BOS/EOS)."""

@@ -82,7 +82,10 @@ def subword_samplers(data_dir: Path, manifest: Manifest, train: tuple[Split, Spl
     if manifest.tokenizer_type != "unigram":
         raise MtcliError(f"train.subword_alpha={t.subword_alpha} samples segmentations of a unigram model, "
                          f"but tokenizer.type is {manifest.tokenizer_type}; set train.subword_alpha=0")  # fmt: skip
-    models = manifest.spm_models * 2 if manifest.vocab.joint else manifest.spm_models  # (source, target)
+    if manifest.ids != SPECIAL:
+        raise MtcliError(f"train.subword_alpha={t.subword_alpha}: an imported model numbers its pieces its own "
+                         "way (spm.ids.json) and sampled segmentations would not follow it; set train.subword_alpha=0")  # fmt: skip
+    models = manifest.spm_models * 2 if len(manifest.spm_models) == 1 else manifest.spm_models  # (source, target)
     return tuple(
         SubwordSampler(side, Path(data_dir) / model, t.subword_alpha, t.subword_nbest)
         for side, model in zip(train, models)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from mtcli.data.batching import collate, token_batches
-from mtcli.data.manifest import SPECIAL, Manifest
+from mtcli.data.manifest import Manifest
 from mtcli.data.splits import load_pair
 from mtcli.data.subword import epoch_seed, subword_samplers
 from mtcli.errors import MtcliError, RunFailure
@@ -86,7 +86,7 @@ class Trainer:
         self.run = cfg.run_path
         self.data_dir = self.run / "data"
         self.ckpt_dir = self.run / "checkpoints"
-        self.ids = dict(SPECIAL)
+        self.ids = dict(manifest.ids)
         self.vocab = manifest.vocab
         self.train_src, self.train_tgt = load_pair(self.data_dir, "train", manifest.dtype)
         self.valid = load_pair(self.data_dir, "valid", manifest.dtype) if "valid" in manifest.splits else None
