@@ -20,6 +20,10 @@ same number of beams:
   length: one pass per budget in --budgets, then 3 at the fastest; and "mtcli int8"
   (`mtcli.inference.fastpaths`, fixed batches and the best budget); "mtcli bf16" likewise with bfloat16
   linears (`decode.bf16`, only where the CPU has AVX512-BF16 or AMX).
+- CTranslate2 through `mtcli translate`: that same mtcli model exported with `mtcli export --to
+  ctranslate2` (float32 and int8) and translated by `mtcli.inference.ct2` in a child that never
+  imports torch, with the best token budget of the mtcli rows (bench/translate_exports.py; 30
+  decoder steps there too). --skip ct2export leaves these rows out.
 - --skip nofast leaves out the "no fast path" row (and its token-budget twin).
 
 Each system: one warm-up batch, then 3 timed passes over the 1,000 sentences; the median
@@ -52,6 +56,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import D_MODEL, FFN, HEADS, LAYERS, PAD, REPO, THREADS, VOCAB, machine
+from translate_exports import EXPORT_ROWS, bench_exports, export_worker
 from translate_peers import bench_peers, ct2_worker
 from translate_real import real_part
 from translate_setup import (
@@ -116,7 +121,8 @@ def bench_mtcli_budget(model, sp_dir: Path, lines: list[str], budget: int, repea
     translator.translate(lines[:BATCH])  # warm-up
     result = median_run(one_pass, len(lines), repeats)
     result["steps"] = check_steps(f"mtcli budget {budget}", steps)
-    result["batches"] = sum(1 for _ in translator.batches(translator.encode(lines, 1)))
+    parts = [part for line_parts in translator.encode(lines) for part in line_parts]  # a long line: several
+    result["batches"] = sum(1 for _ in translator.batches(parts))
     return result
 
 
@@ -234,7 +240,13 @@ def same_work(args, argv: list[str] | None, model, batches, pieces, lines: list[
     if "budget" not in skip:
         budgets = [int(b) for b in args.budgets.split(",")]
         scan = budget_systems(systems, nets, model, lines, budgets, skip, args.workers)
+    if "ct2export" not in skip:
+        one_worker = {b: r["median"] for b, r in scan.items() if isinstance(b, int)}  # budget -> sent/s
+        bench_exports(systems, model, lines, max(one_worker, key=one_worker.get) if one_worker else 2000)
     ratios, best_own = compare(systems)
+    for name, _ in EXPORT_ROWS:
+        if name in systems and best_own:
+            ratios[f"{best_own} / {name}"] = systems[best_own]["median"] / systems[name]["median"]
     print_table(systems)
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -264,7 +276,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budgets", default="2000,4000,8000", help="token budgets for mtcli's own batching")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "translate_speed.json")
     ap.add_argument("--limit", type=int, default=0, help="only the first N sentences (quick checks)")
-    ap.add_argument("--skip", default="", help="comma list of systems to leave out: hf,ct2,budget,int8,bf16,nofast")
+    ap.add_argument("--skip", default="",
+                    help="comma list of systems to leave out: hf,ct2,ct2export,budget,int8,bf16,nofast")
     ap.add_argument("--ref", type=Path, help="references (plain or .gz) for the real part's sacreBLEU")
     ap.add_argument("--profile", action="store_true", help="cProfile one mtcli pass and exit")
     ap.add_argument("--real-only", action="store_true",
@@ -273,6 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="also time mtcli (decode.workers) and CTranslate2 (inter_threads) with this many "
                          "workers of THREADS // workers threads each; 1: leave these rows out")  # fmt: skip
     ap.add_argument("--ct2-worker", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    ap.add_argument("--ct2-export-worker", nargs=4, metavar="ARG", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -293,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.ct2_worker:
         return ct2_worker(*args.ct2_worker)
+    if args.ct2_export_worker:
+        return export_worker(*args.ct2_export_worker)
 
     import torch
 

@@ -37,7 +37,7 @@ def time_batch64(tr, lines: list[str]) -> tuple[dict, list[int]]:
     from mtcli.data.batching import pad_batch
     from mtcli.inference.search import beam_search
 
-    ids = tr.encode([" ".join(line.split()) for line in lines], 1)
+    ids = [part for parts in tr.encode([" ".join(line.split()) for line in lines]) for part in parts]
     pad, eos = tr.params.pad_id, tr.params.eos_id
     batches = [pad_batch(ids[i : i + 64], pad, suffix=eos) for i in range(0, len(ids), 64)]
     out_lens: list[int] = []

@@ -1,5 +1,6 @@
 """The translator: load a bundle, pack input lines into token-budget batches, search them (on
-`decode.workers` threads on CPU) and return hypotheses in input order. The `translate` command's
+`decode.workers` threads on CPU) and return hypotheses in input order. A line longer than the
+model's positions is translated in parts (`split_long`), never truncated. The `translate` command's
 input and output handling is in command.py.
 """
 
@@ -26,14 +27,11 @@ class Translator:
         self.max_src = model.max_positions - 2  # room for EOS
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
-    def encode(self, lines: list[str], first_line: int) -> list[list[int]]:
-        """Source ids of each line, truncated (with a warning naming the line) to the model's positions."""
-        ids = self.tok.encode_src(lines)
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_src:
-                self.warn(f"line {first_line + i}: {len(seq)} tokens, truncated to {self.max_src}")
-                ids[i] = seq[: self.max_src]
-        return ids
+    def encode(self, lines: list[str]) -> list[list[list[int]]]:
+        """Source ids of each line, as the parts the model reads: one, or for a line longer than the
+        model's positions several, cut before a word where one is near the limit (see `split_long`)."""
+        starts = self.tok.src_word_starts()
+        return [split_long(seq, self.max_src, starts) for seq in self.tok.encode_src(lines)]
 
     def batches(self, ids: list[list[int]]) -> list[list[int]]:
         """Indices of the non-empty inputs in token-budget batches (source + EOS), longest first so
@@ -51,8 +49,10 @@ class Translator:
         clean = [" ".join(line.split()) for line in lines]
         if self.src_prefix:
             clean = [f"{self.src_prefix} {line}" if line else line for line in clean]
-        ids = self.encode(clean, first_line)
-        out: list[list[dict]] = [[] for _ in lines]
+        parts = self.encode(clean)
+        owner = [i for i, line_parts in enumerate(parts) for _ in line_parts]  # part -> line
+        ids = [part for line_parts in parts for part in line_parts]
+        found: list[list[dict]] = [[] for _ in ids]
 
         def search(batch: list[int]):
             src = pad_batch([ids[i] for i in batch], self.params.pad_id, suffix=self.params.eos_id)
@@ -65,12 +65,46 @@ class Translator:
             texts = self.tok.decode_tgt([h.tokens for hs in hyps for h in hs])
             it = iter(texts)
             for i, hs in zip(batch, hyps):
-                out[i] = [
+                found[i] = [
                     {"text": next(it), "tokens": len(h.tokens), "score": round(h.score, 4),
                      "logprob": round(h.logprob, 4)}
                     for h in hs
                 ]  # fmt: skip
-        return out
+        out: list[list[dict]] = [[] for _ in lines]
+        for i, hyps in zip(owner, found):
+            out[i].append(hyps)
+        return [join_parts(p) if len(p) > 1 else (p[0] if p else []) for p in out]
+
+
+def split_long(seq: list[int], limit: int, word_starts: set[int] | None = None) -> list[list[int]]:
+    """`seq` in parts of at most `limit` ids (a shorter one whole; empty: no part). Each cut goes
+    before the last word-initial piece in the second half of the window, else at the limit."""
+    if not seq:
+        return []
+    parts, start = [], 0
+    while len(seq) - start > limit:
+        cut = start + limit
+        if word_starts:
+            for j in range(start + limit, start + limit // 2, -1):
+                if seq[j] in word_starts:
+                    cut = j
+                    break
+        parts.append(seq[start:cut])
+        start = cut
+    return [*parts, seq[start:]]
+
+
+def join_parts(parts: list[list[dict]]) -> list[dict]:
+    """One line's hypotheses from those of its parts: the k-th of each part, joined by a space
+    (token counts and log-probabilities add up; the score is the parts' mean)."""
+    n = max(len(p) for p in parts)
+    joined = []
+    for k in range(n):
+        picks = [p[min(k, len(p) - 1)] for p in parts if p]
+        joined.append({"text": " ".join(h["text"] for h in picks), "tokens": sum(h["tokens"] for h in picks),
+                       "score": round(sum(h["score"] for h in picks) / len(picks), 4),
+                       "logprob": round(sum(h["logprob"] for h in picks), 4)})  # fmt: skip
+    return joined
 
 
 def parallel_map(fn, items: list, workers: int) -> Iterator:
@@ -107,7 +141,12 @@ def resolve_model_path(model: Path | None) -> Path:
 
 def load_translator(model: Path | None, beam=None, nbest=None, overrides=(), device=None, int8=False,
                     bf16=False) -> Translator:  # fmt: skip
-    """Load a bundle and build a Translator with its decode settings plus overrides."""
+    """Load a bundle and build a Translator with its decode settings plus overrides; a CTranslate2
+    export (`mtcli export --to ctranslate2`) gets a `CT2Translator`, and torch is never imported."""
+    from mtcli.inference.ct2 import is_ct2_export, load_ct2_translator
+
+    if is_ct2_export(resolve_model_path(model)):
+        return load_ct2_translator(resolve_model_path(model), beam, nbest, overrides, device, int8, bf16)
     import torch
 
     from mtcli.config import apply_overrides, config_from_dict
