@@ -119,6 +119,12 @@ def _fold_deepnorm(source: Source) -> dict[str, torch.Tensor]:
 
 def write(source: Source, out: Path, quantization: str | None) -> None:
     """config.json, model.safetensors, tokenizer and generation_config.json into `out`."""
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
     model = hf_model(source)
     if quantization in ("float16", "bfloat16"):
         model = model.to(getattr(torch, quantization))
