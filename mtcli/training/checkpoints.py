@@ -63,9 +63,13 @@ def load_checkpoint(path: Path) -> dict:
 
 def shape_mismatch(saved: dict, current: dict) -> list[str]:
     """Dotted keys of the model-shaping config sections that differ between checkpoint and config."""
+    from mtcli.config import Config
+
     diffs = []
     for section in SHAPE_SECTIONS:
-        old, new = saved.get(section, {}), current.get(section, {})
+        # A key added to the schema after the checkpoint was written counts as its default there.
+        default = Config.model_fields[section].default.model_dump(mode="json")
+        old, new = {**default, **saved.get(section, {})}, current.get(section, {})
         for key in sorted(set(old) | set(new)):
             if key in ("dropout", "attention_dropout"):
                 continue  # regularization, not shape: may change between runs
