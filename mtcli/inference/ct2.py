@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtcli.errors import MtcliError
+from mtcli.inference.params import SearchParams
 
 INFO_FILE = "mtcli-ct2.json"
 EXPORT_MARKER = "mtcli-export.json"
@@ -66,35 +67,6 @@ def is_ct2_export(path: Path) -> bool:
     return isinstance(marker, dict) and marker.get("mtcli_export") == "ctranslate2"
 
 
-@dataclass(frozen=True)
-class CT2Params:
-    """The decode settings the CTranslate2 search uses, with the tokenizer's special ids."""
-
-    beam_size: int
-    nbest: int
-    length_penalty: float
-    max_len_a: float
-    max_len_b: int
-    min_len: int
-    sampling: bool
-    temperature: float
-    top_k: int
-    top_p: float
-    bos_id: int
-    eos_id: int
-    pad_id: int
-
-    @classmethod
-    def from_decode(cls, d, tok, beam: int | None = None, nbest: int | None = None) -> CT2Params:
-        """From a `DecodeConfig` and a Tokenizer, `beam`/`nbest` overriding (as `SearchParams`)."""
-        beam_size = beam or d.beam_size
-        nbest = nbest or d.nbest
-        return cls(beam_size=beam_size, nbest=nbest if d.sampling else min(nbest, beam_size),
-                   length_penalty=d.length_penalty, max_len_a=d.max_len_a, max_len_b=d.max_len_b,
-                   min_len=d.min_len, sampling=d.sampling, temperature=d.temperature, top_k=d.top_k,
-                   top_p=d.top_p, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)  # fmt: skip
-
-
 @dataclass
 class Hyp:
     """A finished translation: target ids (no BOS/EOS), log-probability, GNMT-normalized score."""
@@ -104,7 +76,7 @@ class Hyp:
     score: float
 
 
-def max_length(n_src: int, p: CT2Params, limit: int) -> int:
+def max_length(n_src: int, p: SearchParams, limit: int) -> int:
     """mtcli's int(a * (n_src + 1) + b) in float32 (see `search.max_lengths`), within [1, limit]."""
     import numpy as np
 
@@ -128,7 +100,7 @@ def kept_by_mtcli(hyps: list[list], k: int) -> list[list]:
 class CT2Translator:
     """A CTranslate2 translator with the export's tokenizer and settings: text lines in, hypotheses out."""
 
-    def __init__(self, translator, tok, params: CT2Params, max_tokens: int, max_positions: int,
+    def __init__(self, translator, tok, params: SearchParams, max_tokens: int, max_positions: int,
                  src_prefix: str = ""):  # fmt: skip
         self.translator, self.tok, self.params = translator, tok, params
         self.src_prefix = src_prefix
@@ -307,6 +279,6 @@ def load_ct2_translator(path: Path, beam=None, nbest=None, overrides=(), device=
     except (RuntimeError, ValueError) as exc:
         raise MtcliError(f"{path}: CTranslate2 cannot load this export ({exc})") from None
     tok = Tokenizer(path)
-    params = CT2Params.from_decode(decode, tok, beam, nbest)
+    params = SearchParams.from_decode(decode, tok, beam, nbest)
     return CT2Translator(translator, tok, params, decode.max_tokens, int(info["max_positions"]),
                          getattr(decode, "src_prefix", ""))  # fmt: skip
