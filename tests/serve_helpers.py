@@ -111,3 +111,69 @@ def post_json(url: str, obj) -> tuple[int, dict]:
     """POST a JSON body: (status, parsed answer)."""
     status, _, text = request(url, json.dumps(obj).encode(), "application/json")
     return status, json.loads(text)
+
+
+class HeldServer:
+    """The serve app with uvicorn in a thread of this process, over real HTTP on 127.0.0.1, whose
+    model workers can be held: `hold()` makes the next model call wait in the worker (counted as in
+    progress) until `release()`. Tests of timeouts and disconnects then do not depend on how fast
+    this machine translates. `limits` are fields of mtcli.serve.models.Limits."""
+
+    def __init__(self, bundle: Path, **limits):
+        import threading
+
+        import uvicorn
+
+        from mtcli.serve.app import create_app
+        from mtcli.serve.models import Limits, ModelPool
+
+        self.pool = ModelPool([bundle])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.gate = threading.Event()
+        self.gate.set()
+        config = uvicorn.Config(create_app(self.pool, Limits(**limits)), host="127.0.0.1", port=self.port,
+                                log_level="warning", access_log=False)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def __enter__(self) -> HeldServer:
+        self.thread.start()
+        if not self.pool.ready.wait(START_LIMIT_S):
+            raise AssertionError(f"models did not load: {self.pool.error}")
+        for served in self.pool.models.values():
+            self._gate(served.batcher)
+        for _ in range(START_LIMIT_S * 10):
+            if self.server.started:
+                return self
+            time.sleep(0.1)
+        raise AssertionError("server did not start")
+
+    def _gate(self, batcher) -> None:
+        pick, gate = batcher._translator_for, self.gate
+
+        class Held:
+            def __init__(self, translator):
+                self.translator = translator
+
+            def translate(self, lines):
+                assert gate.wait(START_LIMIT_S), "the test never released the worker"
+                return self.translator.translate(lines)
+
+        batcher._translator_for = lambda beam, nbest: Held(pick(beam, nbest))
+
+    def hold(self) -> None:
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+        self.server.should_exit = True
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "server thread did not stop"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one series in /metrics (0 when absent)."""
+        return metric(get(self.url + "/metrics")[2], name, **labels)

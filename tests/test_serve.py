@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from run_helpers import REPO, cli
-from serve_helpers import Server, bundle, get, metric, post_json, request
+from serve_helpers import HeldServer, Server, bundle, get, metric, post_json, request
 
 pytest.importorskip("fastapi")
 __all__ = ["bundle"]  # the fixture, imported
@@ -205,25 +205,28 @@ def _wait_for(srv: Server, name: str, value: float, **labels: str) -> None:
     raise AssertionError(f"{name} never reached {value}")
 
 
-def test_a_client_that_disconnects_leaves_the_queue(server):
-    results: list = []
-    big = _start_big(server.url, results)
-    _wait_for(server, "mtcli_serve_sentences_in_progress", 1)
-    sentences = server.metric("mtcli_serve_sentences_total")
-    body = json.dumps({"lines": ["A dog.", "A cat.", "A bird."]}).encode()
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
-        _wait_for(server, "mtcli_serve_queue_depth", 1)
-    _wait_for(server, "mtcli_serve_cancelled_total", 1, reason="disconnect")
-    big.join()
-    assert results[0][0] == 200 and server.metric("mtcli_serve_queue_depth") == 0
-    assert server.metric("mtcli_serve_sentences_total") == sentences + 64  # the 3 lines never ran
+def test_a_client_that_disconnects_leaves_the_queue(bundle):
+    with HeldServer(bundle) as srv:
+        srv.hold()  # the worker holds the first request until the second has left the queue
+        results: list = []
+        big = _start_big(srv.url, results)
+        _wait_for(srv, "mtcli_serve_sentences_in_progress", 1)
+        body = json.dumps({"lines": ["A dog.", "A cat.", "A bird."]}).encode()
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            _wait_for(srv, "mtcli_serve_queue_depth", 1)
+        _wait_for(srv, "mtcli_serve_cancelled_total", 1, reason="disconnect")
+        assert srv.metric("mtcli_serve_queue_depth") == 0
+        srv.release()
+        big.join()
+        assert results[0][0] == 200 and len(results[0][1]["results"]) == 64
+        assert srv.metric("mtcli_serve_sentences_total") == 64  # the 3 lines never ran
 
 
 def test_queue_full_is_503_and_timeout_is_504(bundle):
-    srv = Server(bundle, "--queue-size", "1", "--timeout", "0.5").start()
-    try:
+    with HeldServer(bundle, queue_size=1, timeout=0.5) as srv:
+        srv.hold()  # the first request runs until both have timed out
         results: list = []
         big = _start_big(srv.url, results)
         _wait_for(srv, "mtcli_serve_sentences_in_progress", 1)
@@ -236,9 +239,12 @@ def test_queue_full_is_503_and_timeout_is_504(bundle):
         big.join()
         waiting.join()
         assert sorted(status for status, _ in results) == [504, 504]
+        assert "longer than the server's limit of 0.5 s" in results[0][1]["error"]
         assert srv.metric("mtcli_serve_cancelled_total", reason="timeout") == 1  # the queued one left the queue
-    finally:
-        assert srv.stop() == 0
+        assert srv.metric("mtcli_serve_queue_depth") == 0
+        srv.release()  # the running batch ends; its results go nowhere and the worker serves on
+        _wait_for(srv, "mtcli_serve_sentences_total", 64)  # the timed-out batch ran to its end
+        assert srv.metric("mtcli_serve_sentences_in_progress") == 0 and srv.metric("mtcli_serve_sentences_total") == 64
 
 
 def test_api_keys_cors_and_limits(bundle):
