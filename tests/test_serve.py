@@ -302,3 +302,25 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(bundle):
 def test_two_bundles_for_one_pair_are_refused(bundle):
     out = cli("serve", "-m", str(bundle), "-m", str(bundle), "--port", "0")
     assert out.returncode == 2 and "en-de is served already" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_ctranslate2_export_is_served_like_its_bundle(bundle, tmp_path):
+    pytest.importorskip("ctranslate2")
+    export = tmp_path / "ct2"
+    made = cli("export", str(bundle), "--to", "ctranslate2", "-o", str(export))
+    assert made.returncode == 0, made.stderr
+    srv = Server(export).start()
+    try:
+        health = json.loads(get(srv.url + "/health")[2])
+        assert health["status"] == "ok" and health["models"][0]["pair"] == "en-de"
+        status, body = post_json(srv.url + "/v1/translate", {"lines": SENTENCES, "beam": 3, "nbest": 2})
+        assert status == 200 and body["results"] == offline_cli(export, SENTENCES, "--beam", "3", "--nbest", "2")
+        expected = [r["hypotheses"] for r in offline_cli(export, SENTENCES)]
+        with ThreadPoolExecutor(len(SENTENCES)) as pool:
+            answers = list(pool.map(lambda s: post_json(srv.url + "/v1/translate", {"lines": [s]}), SENTENCES))
+        assert [(status, body["results"][0]["hypotheses"]) for status, body in answers] == [(200, e) for e in expected]
+        ask = {"q": SENTENCES[0], "source": "auto", "target": "de", "alternatives": 1}
+        status, body = post_json(srv.url + "/translate", ask)
+        assert status == 200 and body["translatedText"] == expected[0][0]["text"] and len(body["alternatives"]) == 1
+    finally:
+        assert srv.stop() == 0

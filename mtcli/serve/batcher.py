@@ -10,7 +10,6 @@ job's future with its own slice of the results. The event loop never runs the mo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 from collections import deque
@@ -106,13 +105,10 @@ class Batcher:
         return jobs
 
     def _translator_for(self, beam: int, nbest: int):
-        """The Translator with this request's beam and n-best (the model is shared)."""
+        """The translator with this request's beam and n-best (the model is shared)."""
         key = (beam, nbest)
         if key not in self._translators:
-            base = self.translator
-            params = dataclasses.replace(base.params, beam_size=beam, nbest=nbest)
-            self._translators[key] = type(base)(base.model, base.tok, params, base.max_tokens, base.workers,
-                                                base.device, warn=base.warn)  # fmt: skip
+            self._translators[key] = self.translator.with_search(beam, nbest)
         return self._translators[key]
 
     def _run(self) -> None:

@@ -1,8 +1,9 @@
 """The models a server holds: bundles loaded in the background, one worker each, keyed by pair.
 
-mtcli's own bundles each serve the one pair their metadata declares. Loading happens off the event
-loop so that /health can answer "loading" meanwhile; a pool is ready once every model is loaded
-and has translated one warm-up sentence (the first search pays one-off allocation costs).
+mtcli's own bundles, and their CTranslate2 exports, each serve the one pair their metadata
+declares. Loading happens off the event loop so that /health can answer "loading" meanwhile; a
+pool is ready once every model is loaded and has translated one warm-up sentence (the first
+search pays one-off allocation costs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ LANGUAGE_NAMES = {
     "ro": "Romanian", "ru": "Russian", "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
 }  # fmt: skip
 WARMUP_TEXT = "Hello."
+
+
+def model_pair(path: Path) -> tuple[str, str]:
+    """The (source, target) languages a bundle's metadata, or a CTranslate2 export's info, declares."""
+    from mtcli.inference.ct2 import INFO_FILE, is_ct2_export
+
+    meta = json.loads((path / (INFO_FILE if is_ct2_export(path) else "metadata.json")).read_text())
+    if not meta.get("src_lang") or not meta.get("tgt_lang"):
+        raise MtcliError(f"{path}: the model does not say which languages it translates (src_lang, tgt_lang)")
+    return meta["src_lang"], meta["tgt_lang"]
 
 
 @dataclass
@@ -80,8 +91,7 @@ class ModelPool:
         try:
             for path in self.paths:
                 translator = load_translator(path, overrides=self.overrides)  # checks the bundle
-                meta = json.loads((Path(path) / "metadata.json").read_text())
-                src, tgt = meta["src_lang"], meta["tgt_lang"]
+                src, tgt = model_pair(Path(path))
                 if (src, tgt) in self.models:
                     raise MtcliError(f"{path}: {src}-{tgt} is served already by {self.models[src, tgt].path}")
                 translator.translate([WARMUP_TEXT])
