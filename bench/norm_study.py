@@ -217,9 +217,58 @@ def figure(name: str, runs: list[dict]) -> None:
     save_figure(fig, FIGURES / f"norm-{name}-seeds.png")
 
 
+def gradient_table(by_seed: dict[int, list[dict]]) -> str:
+    """FFN weight-gradient norms of the first and top layers per placement and depth: mean ± std
+    over seeds, and the decoder's top/first ratio computed per seed, then summarized."""
+    lines = ["| placement | depth | seeds | decoder layer 1 | decoder top layer | top / first | encoder layer 1 | encoder top layer |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    first = next(iter(by_seed.values()))
+    for depth, norm in dict.fromkeys((r["encoder_layers"], r["norm"]) for r in first):
+        rs = [r for runs in by_seed.values() for r in runs if (r["encoder_layers"], r["norm"]) == (depth, norm)]
+        rows = [{"d1": r["grad_norms"]["decoder.0.ff"], "dn": r["grad_norms"][f"decoder.{r['decoder_layers'] - 1}.ff"],
+                 "e1": r["grad_norms"]["encoder.0.ff"], "en": r["grad_norms"][f"encoder.{depth - 1}.ff"]}
+                for r in rs]  # fmt: skip
+        for row in rows:
+            row["ratio"] = row["dn"] / row["d1"]
+        cells = [_spread(rows, k, 3) for k in ("d1", "dn")] + [_spread(rows, "ratio", 1) + "×"]
+        cells += [_spread(rows, k, 3) for k in ("e1", "en")]
+        lines.append(f"| {norm} | {depth}+{depth} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gradient_figure(by_seed: dict[int, list[dict]]) -> None:
+    """Decoder and encoder FFN gradient norm by layer: the mean over seeds with ± one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtcli.analysis.figures import save_figure
+
+    first = next(iter(by_seed.values()))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, stack in zip(axes, ("encoder", "decoder")):
+        for depth, norm in dict.fromkeys((r["encoder_layers"], r["norm"]) for r in first):
+            rs = [r for runs in by_seed.values() for r in runs if (r["encoder_layers"], r["norm"]) == (depth, norm)]
+            per_layer = [[r["grad_norms"][f"{stack}.{i}.ff"] for r in rs] for i in range(depth)]
+            means = [statistics.mean(v) for v in per_layer]
+            sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_layer]
+            ax.errorbar(range(1, depth + 1), means, yerr=sds, marker="o", capsize=3, label=f"{norm} ({depth} layers)")
+        ax.set(title=f"{stack} FFN", xlabel="layer", ylabel="gradient norm", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Per-layer gradient norms at initialization: mean ± std over seeds {sorted(by_seed)}")
+    fig.tight_layout()
+    save_figure(fig, FIGURES / "norm-gradients-seeds.png")
+
+
 def report(args) -> None:
     """Tables and figures from the recorded JSON only."""
     FIGURES.mkdir(parents=True, exist_ok=True)
+    grads = {int(p.stem.split("-s")[-1]): json.loads(p.read_text()) for p in sorted(RESULTS.glob("gradients-s*.json"))}
+    if grads:
+        gradient_figure(grads)
+        print(f"\ngradients at initialization, seeds {sorted(grads)}\n\n" + gradient_table(grads))
     for path in sorted(RESULTS.glob("*-seeds.json")):
         data = json.loads(path.read_text())
         if data.get("runs"):

@@ -183,13 +183,19 @@ def soak(args, pair: tuple[str, str]) -> dict:
     server = Server(args.model)
     try:
         run_loadgen(server.url, args.src, args.limit, 32, min(30.0, args.soak), pair)  # settle allocations
-        before = server.rss_mb()
-        row = run_loadgen(server.url, args.src, args.limit, 32, args.soak, pair)
+        before, result = server.rss_mb(), {}
+        loadgen = threading.Thread(target=lambda: result.update(run_loadgen(server.url, args.src, args.limit, 32,
+                                                                            args.soak, pair)))  # fmt: skip
+        loadgen.start()
+        samples, start = [], time.monotonic()
+        while loadgen.is_alive():  # resident memory every 30 s: a plateau or a steady climb
+            loadgen.join(30)
+            samples.append((round(time.monotonic() - start), round(server.rss_mb(), 1)))
         after = server.rss_mb()
     finally:
         server.stop()
-    return {"soak_s": args.soak, **row, "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1),
-            "rss_growth_pct": round(100 * (after - before) / before, 2)}  # fmt: skip
+    return {"soak_s": args.soak, **result, "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1),
+            "rss_growth_pct": round(100 * (after - before) / before, 2), "rss_samples": samples}  # fmt: skip
 
 
 def main() -> None:
