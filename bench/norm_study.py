@@ -217,14 +217,19 @@ def figure(name: str, runs: list[dict]) -> None:
     save_figure(fig, FIGURES / f"norm-{name}-seeds.png")
 
 
+def _gradient_groups(by_seed: dict[int, list[dict]]):
+    """(depth, placement, that model's result for every seed), in the order the runs were made."""
+    first = next(iter(by_seed.values()))
+    for depth, norm in dict.fromkeys((r["encoder_layers"], r["norm"]) for r in first):
+        yield depth, norm, [r for runs in by_seed.values() for r in runs if (r["encoder_layers"], r["norm"]) == (depth, norm)]
+
+
 def gradient_table(by_seed: dict[int, list[dict]]) -> str:
     """FFN weight-gradient norms of the first and top layers per placement and depth: mean ± std
     over seeds, and the decoder's top/first ratio computed per seed, then summarized."""
     lines = ["| placement | depth | seeds | decoder layer 1 | decoder top layer | top / first | encoder layer 1 | encoder top layer |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    first = next(iter(by_seed.values()))
-    for depth, norm in dict.fromkeys((r["encoder_layers"], r["norm"]) for r in first):
-        rs = [r for runs in by_seed.values() for r in runs if (r["encoder_layers"], r["norm"]) == (depth, norm)]
+    for depth, norm, rs in _gradient_groups(by_seed):
         rows = [{"d1": r["grad_norms"]["decoder.0.ff"], "dn": r["grad_norms"][f"decoder.{r['decoder_layers'] - 1}.ff"],
                  "e1": r["grad_norms"]["encoder.0.ff"], "en": r["grad_norms"][f"encoder.{depth - 1}.ff"]}
                 for r in rs]  # fmt: skip
@@ -245,11 +250,9 @@ def gradient_figure(by_seed: dict[int, list[dict]]) -> None:
 
     from mtcli.analysis.figures import save_figure
 
-    first = next(iter(by_seed.values()))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, stack in zip(axes, ("encoder", "decoder")):
-        for depth, norm in dict.fromkeys((r["encoder_layers"], r["norm"]) for r in first):
-            rs = [r for runs in by_seed.values() for r in runs if (r["encoder_layers"], r["norm"]) == (depth, norm)]
+        for depth, norm, rs in _gradient_groups(by_seed):
             per_layer = [[r["grad_norms"][f"{stack}.{i}.ff"] for r in rs] for i in range(depth)]
             means = [statistics.mean(v) for v in per_layer]
             sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_layer]

@@ -44,11 +44,10 @@ How mtcli's search settings become CTranslate2's:
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtcli.errors import MtcliError
@@ -111,12 +110,6 @@ class CT2Translator:
         self.src_pieces = [tok.src.id_to_piece(i) for i in range(tok.src_vocab_size)]
         self.tgt_pieces = [tok.tgt.id_to_piece(i) for i in range(tok.tgt_vocab_size)]
         self.tgt_ids = {piece: i for i, piece in enumerate(self.tgt_pieces)}
-
-    def with_search(self, beam: int, nbest: int) -> CT2Translator:
-        """This translator with another beam size and n-best (the CTranslate2 model is shared)."""
-        other = copy.copy(self)
-        other.params = replace(self.params, beam_size=beam, nbest=nbest)
-        return other
 
     def encode(self, lines: list[str]) -> list[list[list[int]]]:
         """Source ids of each line in the parts the model reads, as the torch `Translator` cuts a

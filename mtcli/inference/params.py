@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 from mtcli.config import DecodeConfig
@@ -38,3 +40,11 @@ class SearchParams:
             sampling=d.sampling, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
             bos_id=ids.bos_id, eos_id=ids.eos_id, pad_id=ids.pad_id,
         )  # fmt: skip
+
+
+def with_search(translator, beam: int, nbest: int):
+    """A copy of a translator (torch's `Translator` or a `CT2Translator`) with another beam size and
+    n-best; the model and tokenizer are shared."""
+    other = copy.copy(translator)
+    other.params = dataclasses.replace(translator.params, beam_size=beam, nbest=nbest)
+    return other

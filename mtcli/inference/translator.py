@@ -6,8 +6,6 @@ input and output handling is in command.py.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -28,12 +26,6 @@ class Translator:
         self.device = device or next(model.parameters()).device
         self.max_src = model.max_positions - 2  # room for EOS
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-
-    def with_search(self, beam: int, nbest: int) -> Translator:
-        """This translator with another beam size and n-best (the model is shared)."""
-        other = copy.copy(self)
-        other.params = dataclasses.replace(self.params, beam_size=beam, nbest=nbest)
-        return other
 
     def encode(self, lines: list[str]) -> list[list[list[int]]]:
         """Source ids of each line, as the parts the model reads: one, or for a line longer than the

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from mtcli.inference.params import with_search
 from mtcli.serve.metrics import Metrics
 
 
@@ -108,7 +109,7 @@ class Batcher:
         """The translator with this request's beam and n-best (the model is shared)."""
         key = (beam, nbest)
         if key not in self._translators:
-            self._translators[key] = self.translator.with_search(beam, nbest)
+            self._translators[key] = with_search(self.translator, beam, nbest)
         return self._translators[key]
 
     def _run(self) -> None:
