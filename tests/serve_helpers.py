@@ -150,17 +150,13 @@ class HeldServer:
         raise AssertionError("server did not start")
 
     def _gate(self, batcher) -> None:
-        pick, gate = batcher._translator_for, self.gate
+        call, gate = batcher._call, self.gate
 
-        class Held:
-            def __init__(self, translator):
-                self.translator = translator
+        def held(fn):
+            assert gate.wait(START_LIMIT_S), "the test never released the worker"
+            return call(fn)
 
-            def translate(self, lines):
-                assert gate.wait(START_LIMIT_S), "the test never released the worker"
-                return self.translator.translate(lines)
-
-        batcher._translator_for = lambda beam, nbest: Held(pick(beam, nbest))
+        batcher._call = held
 
     def hold(self) -> None:
         self.gate.clear()

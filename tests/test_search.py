@@ -169,3 +169,34 @@ def test_tiny_model_learns_to_reverse():
         full = [h[0].tokens for h in beam_search(m, test_src, p)]
         int8 = [h[0].tokens for h in beam_search(fastlinear.quantize_for_inference(m), test_src, p)]
         assert sum(a == b for a, b in zip(full, int8)) >= 90
+
+
+@pytest.mark.parametrize("positions,norm,beam", [("sinusoidal", "pre", 4), ("learned", "post", 3), ("sinusoidal", "deepnorm", 1)])
+def test_continuous_batching_gives_each_sentence_its_own_beam_search(positions, norm, beam):
+    """Sentences that join a running BeamStream at different steps, beside sentences of other
+    lengths (and are dropped from it at different steps), get the hypotheses and scores beam
+    search gives each of them alone; the length rules (min_len, a * src + b) hold per sentence."""
+    import random
+
+    from mtcli.data.batching import pad_batch
+    from mtcli.inference.stream import BeamStream
+
+    m = tiny_transformer(40, d_model=32, d_ff=64, positions=positions, norm=norm).fuse_for_inference()
+    p = search_params(beam_size=beam, nbest=beam, max_len_a=1.5, max_len_b=2, min_len=2)
+    rnd = random.Random(3)
+    seqs = [[rnd.randrange(4, 40) for _ in range(rnd.randrange(1, 16))] for _ in range(24)]
+    alone = [beam_search(m, pad_batch([s], PAD, suffix=EOS), p)[0] for s in seqs]
+    stream, got, sizes, i = BeamStream(m, p, "cpu"), {}, set(), 0
+    while i < len(seqs) or len(stream):
+        n = rnd.randrange(0, 4)  # 0-3 sentences join before each step
+        stream.add(seqs[i : i + n], list(range(i, min(i + n, len(seqs)))))
+        i += n
+        sizes.add(len(stream))
+        got.update(stream.step())
+    assert max(sizes) >= 4  # sentences really shared steps
+    assert sorted(got) == list(range(len(seqs)))
+    for i, ref in enumerate(alone):
+        assert [h.tokens for h in got[i]] == [h.tokens for h in ref], i
+        assert [h.score for h in got[i]] == pytest.approx([h.score for h in ref], abs=1e-4)
+        assert all(2 <= len(h.tokens) <= int(1.5 * (len(seqs[i]) + 1) + 2) for h in got[i])
+    assert stream.cache[0]["self"].size == 0 and not stream.keys  # an empty stream holds nothing

@@ -49,13 +49,19 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
-def _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p) -> torch.Tensor:
-    """(N, V) log-probabilities of the next token, with min/max length and PAD/BOS rules applied."""
-    logits = model.decode(tokens[:, -1:], memory, pad_mask, cache)[:, -1].float()
+def _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p, **decode) -> torch.Tensor:
+    """(N, V) log-probabilities of the next token, with min/max length and PAD/BOS rules applied.
+
+    `step` is the step of every row, or (continuous batching) a (N,) tensor of each row's own;
+    `decode` goes to `model.decode` (positions and self-attention mask of continuous batching)."""
+    logits = model.decode(tokens[:, -1:], memory, pad_mask, cache, **decode)[:, -1].float()
     lprobs = _log_softmax(logits)
     lprobs[:, p.pad_id] = NEG_INF
     lprobs[:, p.bos_id] = NEG_INF
-    if step < p.min_len:
+    early = step < p.min_len
+    if torch.is_tensor(early):
+        lprobs[early, p.eos_id] = NEG_INF
+    elif early:
         lprobs[:, p.eos_id] = NEG_INF
     at_max = step >= max_len  # (N,) rows that must end now
     if at_max.any():
@@ -88,14 +94,7 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
             lprobs = lprobs.repeat_interleave(k, 0)
         else:
             lprobs = _step_logprobs(model, tokens, memory, pad_mask, cache, step, max_len, p)
-        top_scores, top_beam, top_tok = _top_candidates(lprobs, scores, 2 * k)  # (n, 2K) each
-        is_eos = top_tok.eq(p.eos_id) & torch.isfinite(top_scores)
-        _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, step, p)
-        # Live continuations: the K best candidates that do not end here.
-        live_scores, pos = top_scores.masked_fill(top_tok.eq(p.eos_id), NEG_INF).topk(k, dim=1)
-        rows = (torch.arange(len(alive), device=device)[:, None] * k + top_beam.gather(1, pos)).view(-1)
-        tokens = torch.cat([tokens[rows], top_tok.gather(1, pos).view(-1, 1)], dim=1)
-        scores = live_scores
+        tokens, scores, rows = advance(lprobs, scores, tokens, finished, alive, p)
         # Beam reordering (at step 0: one row per sentence becomes K); memory is per sentence.
         model.reorder_cache(cache, rows // k if step == 0 else rows)
         done = [len(finished[s]) >= k or step >= last for s, last in zip(alive, last_step)]
@@ -110,6 +109,20 @@ def beam_search(model, src: torch.Tensor, p: SearchParams) -> list[list[Hypothes
             memory, pad_mask, max_len = memory[keep], pad_mask[keep], max_len[keep_rows]
             model.reorder_cache(cache, keep_rows, keep)
     return [sorted(h, key=lambda x: -x.score)[: p.nbest] for h in finished]
+
+
+def advance(lprobs, scores, tokens, finished, alive, p, starts=None):
+    """One beam step from the log-probabilities (n*K, V): set aside the hypotheses that end here
+    (see `_collect`) and keep each sentence's K best that do not. Returns the extended tokens, the
+    live scores (n, K) and the rows of the previous step they continue (for the cache)."""
+    k = p.beam_size
+    top_scores, top_beam, top_tok = _top_candidates(lprobs, scores, 2 * k)  # (n, 2K) each
+    is_eos = top_tok.eq(p.eos_id) & torch.isfinite(top_scores)
+    _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, p, starts)
+    # Live continuations: the K best candidates that do not end here.
+    live_scores, pos = top_scores.masked_fill(top_tok.eq(p.eos_id), NEG_INF).topk(k, dim=1)
+    rows = (torch.arange(len(alive), device=lprobs.device)[:, None] * k + top_beam.gather(1, pos)).view(-1)
+    return torch.cat([tokens[rows], top_tok.gather(1, pos).view(-1, 1)], dim=1), live_scores, rows
 
 
 _DIRECT_TOPK = 256  # rows this long or shorter: torch.topk directly
@@ -155,15 +168,16 @@ def _top_candidates(lprobs: torch.Tensor, scores: torch.Tensor, m: int):
     return top_scores, pos // row_lp.size(1), row_tok.view(n, -1).gather(1, pos)
 
 
-def _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, step, p) -> None:
-    """Set aside hypotheses that end with EOS among each sentence's top K candidates."""
+def _collect(finished, alive, tokens, top_scores, top_beam, is_eos, k, p, starts=None) -> None:
+    """Set aside hypotheses that end with EOS among each sentence's top K candidates. A row's
+    target ids are tokens[row, 1:] (after BOS), or from column starts[i] for row group i."""
     hits = is_eos[:, :k].nonzero().tolist()
     for i, j in hits:
         s = alive[i]
         if len(finished[s]) >= k:
             continue
         row = i * k + int(top_beam[i, j])
-        ids = tokens[row, 1:].tolist()  # drop BOS
+        ids = tokens[row, 1 if starts is None else starts[i] :].tolist()
         logprob = float(top_scores[i, j])
         score = float(length_norm(logprob, len(ids) + 1, p.length_penalty))
         finished[s].append(Hypothesis(ids, logprob, score))

@@ -41,18 +41,32 @@ class Translator:
         order = sorted((i for i, s in enumerate(ids) if s), key=lambda i: -len(ids[i]))
         return pack(order, [len(s) + 1 for s in ids], self.max_tokens)
 
-    def translate(self, lines: list[str], first_line: int = 1) -> list[list[dict]]:
-        """Hypotheses (dicts: text, tokens, score, logprob) for each line, in input order."""
-        from mtcli.data.batching import pad_batch
-        from mtcli.inference.search import beam_search
-
+    def prepare(self, lines: list[str]) -> tuple[list[list[int]], list[int]]:
+        """The source parts the model translates for `lines` (see `encode`) and the line of each."""
         clean = [" ".join(line.split()) for line in lines]
         if self.src_prefix:
             clean = [f"{self.src_prefix} {line}" if line else line for line in clean]
         parts = self.encode(clean)
         owner = [i for i, line_parts in enumerate(parts) for _ in line_parts]  # part -> line
-        ids = [part for line_parts in parts for part in line_parts]
-        found: list[list[dict]] = [[] for _ in ids]
+        return [part for line_parts in parts for part in line_parts], owner
+
+    def finish(self, n_lines: int, owner: list[int], hyps: list[list]) -> list[list[dict]]:
+        """Each line's hypotheses (dicts: text, tokens, score, logprob) from the search's hypotheses
+        of each part (`prepare`); a line in several parts gets them joined (`join_parts`)."""
+        texts = iter(self.tok.decode_tgt([h.tokens for hs in hyps for h in hs]))
+        out: list[list[list[dict]]] = [[] for _ in range(n_lines)]
+        for i, hs in zip(owner, hyps):
+            out[i].append([{"text": next(texts), "tokens": len(h.tokens), "score": round(h.score, 4),
+                            "logprob": round(h.logprob, 4)} for h in hs])  # fmt: skip
+        return [join_parts(p) if len(p) > 1 else (p[0] if p else []) for p in out]
+
+    def translate(self, lines: list[str], first_line: int = 1) -> list[list[dict]]:
+        """Hypotheses (dicts: text, tokens, score, logprob) for each line, in input order."""
+        from mtcli.data.batching import pad_batch
+        from mtcli.inference.search import beam_search
+
+        ids, owner = self.prepare(lines)
+        found: list[list] = [[] for _ in ids]
 
         def search(batch: list[int]):
             src = pad_batch([ids[i] for i in batch], self.params.pad_id, suffix=self.params.eos_id)
@@ -62,18 +76,9 @@ class Translator:
         # Sampling draws from torch's global generator: keep its order fixed with one worker.
         workers = 1 if self.params.sampling or str(self.device) != "cpu" else self.workers
         for batch, hyps in zip(batches, parallel_map(search, batches, workers)):
-            texts = self.tok.decode_tgt([h.tokens for hs in hyps for h in hs])
-            it = iter(texts)
             for i, hs in zip(batch, hyps):
-                found[i] = [
-                    {"text": next(it), "tokens": len(h.tokens), "score": round(h.score, 4),
-                     "logprob": round(h.logprob, 4)}
-                    for h in hs
-                ]  # fmt: skip
-        out: list[list[dict]] = [[] for _ in lines]
-        for i, hyps in zip(owner, found):
-            out[i].append(hyps)
-        return [join_parts(p) if len(p) > 1 else (p[0] if p else []) for p in out]
+                found[i] = hs
+        return self.finish(len(lines), owner, found)
 
 
 def split_long(seq: list[int], limit: int, word_starts: set[int] | None = None) -> list[list[int]]:

@@ -29,31 +29,41 @@ class KVCache:
     They live time-major, (T, B, H, D/H), in a buffer that grows by doubling, so that a step
     appends in place (no concatenation of the whole history) and beam reordering is one
     `index_select` straight into a spare buffer (no second copy). Attention reads them through a
-    (B, H, T, D/H) view.
+    (B, H, T, D/H) view of positions `start` to `len`. Continuous batching (inference/stream.py)
+    adds rows with an empty, zeroed history (`add_rows`) and drops leading positions that no row
+    reads any more (`trim`).
     """
 
     def __init__(self) -> None:
         self.k: torch.Tensor | None = None  # (capacity, B, H, D/H)
         self.v: torch.Tensor | None = None
         self.spare: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.start = 0
         self.len = 0
+
+    @property
+    def size(self) -> int:
+        """Positions attention reads."""
+        return self.len - self.start
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add k, v (B, H, Tn, D/H) after the cached positions; all keys/values as (B, H, T, D/H)."""
         n = k.size(2)
         if self.k is None or self.len + n > self.k.size(0):
-            self._grow(max(2 * self.len + n, 16), k)
+            self._grow(max(2 * self.size + n, 16), k)
         self.k[self.len : self.len + n].copy_(k.permute(2, 0, 1, 3))
         self.v[self.len : self.len + n].copy_(v.permute(2, 0, 1, 3))
         self.len += n
-        return self.k[: self.len].permute(1, 2, 0, 3), self.v[: self.len].permute(1, 2, 0, 3)
+        live = slice(self.start, self.len)
+        return self.k[live].permute(1, 2, 0, 3), self.v[live].permute(1, 2, 0, 3)
 
     def _grow(self, capacity: int, like: torch.Tensor) -> None:
         b, h, _, dh = like.shape
         k, v = (like.new_empty(capacity, b, h, dh) for _ in range(2))
-        if self.k is not None:
-            k[: self.len].copy_(self.k[: self.len])
-            v[: self.len].copy_(self.v[: self.len])
+        if self.k is not None:  # the live positions move to the front
+            k[: self.size].copy_(self.k[self.start : self.len])
+            v[: self.size].copy_(self.v[self.start : self.len])
+        self.len, self.start = self.size, 0
         self.k, self.v, self.spare = k, v, None
 
     def select(self, index: torch.Tensor) -> None:
@@ -67,12 +77,27 @@ class KVCache:
         sk, sv = self.spare
         # Row t * b + i of the (T * B, H * D/H) view is position t of batch row i: one gather of
         # whole rows along dim 0 (index_select's fast path; along dim 1 it ran 1.7x slower here).
-        rows = (torch.arange(self.len, device=index.device)[:, None] * b + index).view(-1)
+        rows = (torch.arange(self.size, device=index.device)[:, None] * b + index).view(-1)
         for src, dst in ((self.k, sk), (self.v, sv)):
-            torch.index_select(src.view(cap * b, h * dh)[: self.len * b], 0, rows,
-                               out=dst.view(cap * n, h * dh)[: self.len * n])
+            torch.index_select(src.view(cap * b, h * dh)[self.start * b : self.len * b], 0, rows,
+                               out=dst.view(cap * n, h * dh)[self.start * n : self.len * n])
         self.spare = (self.k, self.v) if b == n else None
         self.k, self.v = sk, sv
+
+    def add_rows(self, n: int) -> None:
+        """Append n batch rows whose history is empty: zeros, which their key mask hides (zeros, not
+        garbage, since a masked position still multiplies its value by a zero weight)."""
+        if self.k is None:
+            return
+        cap, b, h, dh = self.k.shape
+        k, v = (self.k.new_zeros(cap, b + n, h, dh) for _ in range(2))
+        k[self.start : self.len, :b].copy_(self.k[self.start : self.len])
+        v[self.start : self.len, :b].copy_(self.v[self.start : self.len])
+        self.k, self.v, self.spare = k, v, None
+
+    def trim(self, keep: int) -> None:
+        """Read only the last `keep` positions from now on (no copy)."""
+        self.start = max(self.start, self.len - keep)
 
 
 def key_mask(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -134,13 +159,17 @@ class MultiHeadAttention(nn.Module):
         if static and cache is not None and "k" in cache:
             return cache["k"], cache["v"]
         if k is None:
-            k, v = self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+            k, v = self.project_kv(kv)
         if cache is None:
             return k, v
         if static:
             cache["k"], cache["v"] = k, v
             return k, v
         return cache.append(k, v)
+
+    def project_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, H, L, D/H) of kv (B, L, D): what cross-attention caches."""
+        return self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
 
     def forward(
         self,
@@ -223,21 +252,24 @@ class DecoderLayer(nn.Module):
         memory: torch.Tensor,
         memory_pad_mask: torch.Tensor | None = None,
         cache: dict | None = None,
+        self_pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, D) new target positions, memory (B, S, D) -> (B, T, D).
 
         With `cache` ({"self": KVCache(), "cross": {}} per layer), x holds only the positions not yet
         cached; earlier keys/values come from the cache and this call appends its own.
+        `self_pad_mask` (B, cached + 1), True at cached positions a row must not see, is for one new
+        token per row whose histories differ in length (continuous batching).
         """
         n_new = x.size(1)
         self_cache = cross_cache = None
         n_past = 0
         if cache is not None:
             self_cache, cross_cache = cache["self"], cache["cross"]
-            n_past = self_cache.len
+            n_past = self_cache.size
         # One new token may attend to every cached one: no mask. A fresh block is causal.
         causal = n_new > 1 and n_past == 0
-        self_mask = causal_mask(n_new, n_past, x.device) if n_new > 1 and n_past else None
+        self_mask = causal_mask(n_new, n_past, x.device) if n_new > 1 and n_past else key_mask(self_pad_mask)
         x = self.self_attn_res(
             x, lambda h: self.self_attn(h, h, self_mask, is_causal=causal, cache=self_cache)
         )

@@ -50,11 +50,12 @@ class Embedder(nn.Module):
             self.register_buffer("table", sinusoidal_table(max_positions, d_model), persistent=False)
         self.dropout = Dropout(dropout)
 
-    def forward(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """ids (B, L) -> (B, L, D); `offset` is the position of ids[:, 0] (for cached decoding)."""
+    def forward(self, ids: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, L) -> (B, L, D); `offset` is the position of ids[:, 0] (for cached decoding), or
+        `positions` (B,) gives each row's own (one new token per row, continuous batching)."""
         x = self.tokens(ids) * self.scale
-        span = slice(offset, offset + ids.size(1))
-        pos = self.positions.weight[span] if self.learned else self.table[span]
+        where = slice(offset, offset + ids.size(1)) if positions is None else positions[:, None]
+        pos = self.positions.weight[where] if self.learned else self.table[where]
         return self.dropout(x + pos.to(x.dtype))
 
 
@@ -148,14 +149,19 @@ class Transformer(nn.Module):
         memory: torch.Tensor,
         memory_pad_mask: torch.Tensor,
         cache: DecoderCache | None = None,
+        positions: torch.Tensor | None = None,
+        self_pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tgt (B, T) ids -> logits (B, T, V). With a cache, tgt holds only the new positions."""
+        """tgt (B, T) ids -> logits (B, T, V). With a cache, tgt holds only the new positions.
+
+        Continuous batching decodes one token per row at each row's own `positions` (B,), with
+        `self_pad_mask` (B, cached + 1) True at the cached positions a row must not see."""
         offset = 0
         if cache is not None:
-            offset = cache[0]["self"].len
-        x = self.tgt_embed(tgt, offset)
+            offset = cache[0]["self"].size
+        x = self.tgt_embed(tgt, offset, positions)
         for i, layer in enumerate(self.decoder):
-            x = layer(x, memory, memory_pad_mask, None if cache is None else cache[i])
+            x = layer(x, memory, memory_pad_mask, None if cache is None else cache[i], self_pad_mask)
         return self.project(self.decoder_norm(x))
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,6 +181,10 @@ class Transformer(nn.Module):
     def new_cache(self) -> DecoderCache:
         """An empty per-layer decoder cache for incremental decoding."""
         return [{"self": KVCache(), "cross": {}} for _ in self.decoder]
+
+    def cross_cache(self, memory: torch.Tensor) -> list[dict]:
+        """Each decoder layer's cross-attention keys and values of `memory`, as a cache holds them."""
+        return [dict(zip("kv", layer.cross_attn.project_kv(memory))) for layer in self.decoder]
 
     @staticmethod
     def reorder_cache(cache: DecoderCache, index: torch.Tensor, cross_index: torch.Tensor | None = None) -> None:

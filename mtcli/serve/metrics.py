@@ -29,9 +29,11 @@ class Metrics:
                                 ["route", "status"], registry=r)  # fmt: skip
         self.latency = Histogram("mtcli_serve_request_seconds", "HTTP request latency", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.batch_requests = Histogram("mtcli_serve_batch_requests", "Requests pooled into one model call",
+        self.batch_requests = Histogram("mtcli_serve_batch_requests",
+                                        "Requests in one model call (a pooled batch, or a step of the running one)",
                                         ["pair"], buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
-        self.batch_sentences = Histogram("mtcli_serve_batch_sentences", "Sentences in one model call",
+        self.batch_sentences = Histogram("mtcli_serve_batch_sentences",
+                                         "Sentences in one model call (a pooled batch, or a step of the running one)",
                                          ["pair"], buckets=SIZE_BUCKETS, registry=r)  # fmt: skip
         self.batches = Counter("mtcli_serve_batches", "Model calls by the thread that ran them",
                                ["pair", "thread"], registry=r)  # fmt: skip
@@ -45,10 +47,19 @@ class Metrics:
                                  ["pair", "reason"], registry=r)  # fmt: skip
 
     def record_batch(self, pair: str, thread: str, jobs: list, results: list[list[dict]]) -> None:
-        """Count one pooled model call (called from the worker thread; prometheus_client locks)."""
+        """Count one pooled model call and its results (called from the worker thread;
+        prometheus_client locks)."""
+        self.record_call(pair, thread, len(jobs), len(results))
+        self.record_done(pair, jobs, results)
+
+    def record_call(self, pair: str, thread: str, requests: int, sentences: int) -> None:
+        """Count one model call (a pooled batch, or one step of the running batch) by its size."""
         self.batches.labels(pair, thread).inc()
-        self.batch_requests.labels(pair).observe(len(jobs))
-        self.batch_sentences.labels(pair).observe(len(results))
+        self.batch_requests.labels(pair).observe(requests)
+        self.batch_sentences.labels(pair).observe(sentences)
+
+    def record_done(self, pair: str, jobs: list, results: list[list[dict]]) -> None:
+        """Count the sentences and tokens of finished requests."""
         self.sentences.labels(pair).inc(len(results))
         self.tokens.labels(pair, "src").inc(sum(job.tokens for job in jobs))
         self.tokens.labels(pair, "tgt").inc(sum(hyps[0]["tokens"] for hyps in results if hyps))
