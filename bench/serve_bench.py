@@ -1,9 +1,10 @@
 """`mtcli serve` under load on 127.0.0.1, beside offline translation of the same sentences.
 
     python bench/serve_bench.py --model runs/multi30k-en-de/model [--clients 1,8,32,128]
-        [--duration 20] [--limit 1000] [--modes batching,nobatching] [--soak 600] [--json FILE]
+        [--duration 20] [--limit 1000] [--modes continuous,pooled,off] [--soak 600] [--json FILE]
 
-For each mode (dynamic batching on, and off with `serve --no-batching`) a fresh server is started;
+For each mode (`serve --batching MODE`: continuous batching, pooled calls, or off: one request per
+model call) a fresh server is started;
 for each client count a load generator runs in its own process (threads, one keep-alive connection
 each, one sentence per request, POST /translate), bounded by --duration and by the request count,
 and reports sentences/s, p50/p95/p99 latency, errors and its own CPU time (it shares the cores
@@ -166,7 +167,7 @@ def offline(model: Path, sentences: list[str], singles: int) -> dict:
 
 def bench_mode(args, mode: str, pair: tuple[str, str]) -> list[dict]:
     """Every client count against a fresh server in one mode."""
-    server = Server(args.model, *([] if mode == "batching" else ["--no-batching"]))
+    server = Server(args.model, "--batching", mode)
     rows = []
     try:
         for clients in args.clients:
@@ -179,7 +180,7 @@ def bench_mode(args, mode: str, pair: tuple[str, str]) -> list[dict]:
 
 
 def soak(args, pair: tuple[str, str]) -> dict:
-    """--soak seconds at 32 clients with batching: errors and resident memory growth."""
+    """--soak seconds at 32 clients with the default (continuous) batching: errors and resident memory growth."""
     server = Server(args.model)
     try:
         run_loadgen(server.url, args.src, args.limit, 32, min(30.0, args.soak), pair)  # settle allocations
@@ -206,7 +207,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=1000, help="sentences of --src used")
     p.add_argument("--clients", default="1,8,32,128")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
-    p.add_argument("--modes", default="batching,nobatching")
+    p.add_argument("--modes", default="continuous,pooled,off", help="serve --batching modes, comma-separated")
     p.add_argument("--soak", type=float, default=0.0, help="seconds of soak at 32 clients (0: none)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--threads", type=int, help="torch threads of the server and the offline run (OMP_NUM_THREADS)")

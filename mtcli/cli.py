@@ -242,7 +242,10 @@ def serve(
     timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds per request before 504."),
     max_beam: int = typer.Option(8, "--max-beam", min=1, help="Largest beam (and n-best) a request may ask for."),
     cors: list[str] | None = typer.Option(None, "--cors", metavar="ORIGIN", help="Allow this CORS origin (repeatable)."),
-    no_batching: bool = typer.Option(False, "--no-batching", help="One request per model call (for comparison)."),
+    batching: str = typer.Option(
+        "continuous", "--batching", help="continuous: sentences join the running batch between decoding steps; "
+        "pooled: waiting requests are translated together in one call; off: one request per call (for comparison)."
+    ),
     overrides: list[str] | None = typer.Option(
         None, "--set", "-s", metavar="KEY=VALUE", help="Override decode settings, e.g. decode.beam_size=4."
     ),
@@ -253,7 +256,7 @@ def serve(
     run_serve(
         model or [], host, port, overrides or [], api_keys=frozenset(api_key or []), char_limit=char_limit,
         batch_limit=batch_limit, queue_size=queue_size, timeout=timeout, max_beam=max_beam,
-        cors=tuple(cors or []), pooling=not no_batching,
+        cors=tuple(cors or []), batching=batching,
     )  # fmt: skip
 
 

@@ -166,6 +166,18 @@ def test_bad_requests_get_4xx_errors_and_the_server_keeps_serving(server):
 
 
 def test_concurrent_requests_are_pooled_on_the_worker_thread(server, bundle):
+    _check_pooling(server, bundle)
+
+
+def test_pooled_batching_also_pools_and_matches_offline(bundle):
+    with HeldServer(bundle, batching="pooled") as srv:
+        assert not srv.pool.models["en", "de"].batcher.streaming  # whole calls, not the running batch
+        _check_pooling(srv, bundle)
+
+
+def _check_pooling(server, bundle) -> None:
+    """N concurrent one-line requests: some model call holds several requests' sentences, it runs
+    on the worker thread, and every request gets the translation `mtcli translate` gives."""
     expected = offline(bundle, SENTENCES)
     barrier = threading.Barrier(len(SENTENCES))
 
@@ -306,6 +318,8 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(bundle):
 def test_two_bundles_for_one_pair_are_refused(bundle):
     out = cli("serve", "-m", str(bundle), "-m", str(bundle), "--port", "0")
     assert out.returncode == 2 and "en-de is served already" in out.stderr and "Traceback" not in out.stderr
+    out = cli("serve", "-m", str(bundle), "--port", "0", "--batching", "sometimes")
+    assert out.returncode == 2 and "--batching sometimes: choose one of continuous, pooled, off" in out.stderr
 
 
 def test_a_ctranslate2_export_is_served_like_its_bundle(bundle, tmp_path):

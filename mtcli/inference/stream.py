@@ -9,8 +9,9 @@ sentence gets the translation `mtcli translate` gives it.
 
 Rows of one batch are at different steps, so each row has its own position, and its
 self-attention sees only its own history: the cache holds the batch's positions right-aligned
-(the newest at the end), a row that joined later has a zeroed prefix, and `self_pad_mask` hides
-it. Leading positions no row reads any more are trimmed; source memories are padded to the
+(the newest at the end), a row that joined later starts as a copy of another row's history, and
+`self_pad_mask` hides it. Beam reordering, dropped rows and added rows are gathered into the
+cache once, before the next step. Leading positions no row reads any more are trimmed; source memories are padded to the
 longest source in the batch and masked as in any batch.
 """
 
@@ -48,6 +49,7 @@ class BeamStream:
             0, 0, dtype=torch.bool, device=self.device
         )  # per sentence, source
         self.cache = self.model.new_cache()
+        self.order: torch.Tensor | None = None  # rows of the self-attention caches the next step reads
 
     def __len__(self) -> int:
         """Sentences in the batch."""
@@ -79,7 +81,11 @@ class BeamStream:
                 old = layer["cross"].get(name)
                 layer["cross"][name] = value if old is None else torch.cat(
                     [_pad_to(old, width, 0.0, dim=2), _pad_to(value, width, 0.0, dim=2)])  # fmt: skip
-            layer["self"].add_rows(m * k)
+        if self.cache[0]["self"].k is not None:
+            # New rows start as copies of row 0: finite values, which their self_pad_mask hides.
+            rows = len(self.tokens) if self.order is None else len(self.order)
+            kept = torch.arange(rows, device=self.device) if self.order is None else self.order
+            self.order = torch.cat([kept, kept.new_zeros(m * k)])
         max_len = max_lengths(src, p, self.limit)
         self.max_len = torch.cat([self.max_len, max_len.repeat_interleave(k)])
         scores = torch.full((m, k), NEG_INF, device=self.device)
@@ -102,6 +108,10 @@ class BeamStream:
         if not self.keys:
             return []
         p, k = self.p, self.p.beam_size
+        if self.order is not None:  # beam reordering, dropped and added rows: one gather per step
+            for layer in self.cache:
+                layer["self"].select(self.order)
+            self.order = None
         steps = torch.tensor(self.steps, device=self.device).repeat_interleave(k)  # per row
         width = self.cache[0]["self"].size + 1  # positions after this step's append
         hide = None  # True at the cached positions before a row's own history
@@ -113,7 +123,7 @@ class BeamStream:
         self.tokens, self.scores, rows = advance(
             lprobs, self.scores, self.tokens, self.finished, self.keys, p, starts
         )
-        self.model.reorder_cache(self.cache, rows)
+        self.order = rows
         done = [
             len(self.finished[key]) >= k or s >= last
             for key, s, last in zip(self.keys, self.steps, self.last_step)
@@ -139,7 +149,7 @@ class BeamStream:
             self.scores[keep],
             self.max_len[keep_rows],
         )
-        self.model.reorder_cache(self.cache, keep_rows, keep)
+        self.order = self.order[keep_rows]
         history = max(self.steps)  # cached positions the oldest sentence still reads
         self.tokens = self.tokens[:, -(history + 1) :]
         pad_mask = self.pad_mask[keep]
@@ -148,7 +158,7 @@ class BeamStream:
         for layer in self.cache:
             layer["self"].trim(history)
             for name, value in layer["cross"].items():
-                layer["cross"][name] = value[:, :, :width]
+                layer["cross"][name] = value[keep, :, :width]
 
 
 def _pad_to(x: torch.Tensor, width: int, value, dim: int = 1) -> torch.Tensor:

@@ -30,8 +30,7 @@ class KVCache:
     appends in place (no concatenation of the whole history) and beam reordering is one
     `index_select` straight into a spare buffer (no second copy). Attention reads them through a
     (B, H, T, D/H) view of positions `start` to `len`. Continuous batching (inference/stream.py)
-    adds rows with an empty, zeroed history (`add_rows`) and drops leading positions that no row
-    reads any more (`trim`).
+    drops leading positions that no row reads any more (`trim`).
     """
 
     def __init__(self) -> None:
@@ -83,17 +82,6 @@ class KVCache:
                                out=dst.view(cap * n, h * dh)[self.start * n : self.len * n])
         self.spare = (self.k, self.v) if b == n else None
         self.k, self.v = sk, sv
-
-    def add_rows(self, n: int) -> None:
-        """Append n batch rows whose history is empty: zeros, which their key mask hides (zeros, not
-        garbage, since a masked position still multiplies its value by a zero weight)."""
-        if self.k is None:
-            return
-        cap, b, h, dh = self.k.shape
-        k, v = (self.k.new_zeros(cap, b + n, h, dh) for _ in range(2))
-        k[self.start : self.len, :b].copy_(self.k[self.start : self.len])
-        v[self.start : self.len, :b].copy_(self.v[self.start : self.len])
-        self.k, self.v, self.spare = k, v, None
 
     def trim(self, keep: int) -> None:
         """Read only the last `keep` positions from now on (no copy)."""

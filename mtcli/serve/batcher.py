@@ -25,9 +25,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from mtcli.errors import MtcliError
 from mtcli.inference.params import with_search
 from mtcli.inference.translator import Translator
 from mtcli.serve.metrics import Metrics
+
+BATCHING = ("continuous", "pooled", "off")
 
 
 class QueueFull(Exception):
@@ -56,15 +59,17 @@ class Batcher:
     """The worker that owns one model's Translator and serves its queue."""
 
     def __init__(self, translator, pair: str, metrics: Metrics, queue_size: int, max_wait: float = 0.005,
-                 pooling: bool = True):  # fmt: skip
+                 batching: str = "continuous"):  # fmt: skip
         self.translator, self.pair, self.metrics = translator, pair, metrics
-        self.queue_size, self.max_wait, self.pooling = queue_size, max_wait, pooling
+        if batching not in BATCHING:
+            raise MtcliError(f"--batching {batching}: choose one of {', '.join(BATCHING)}")
+        self.queue_size, self.max_wait, self.pooling = queue_size, max_wait, batching != "off"
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name=f"mtcli-worker-{pair}", daemon=True)
         self._translators: dict[tuple[int, int], object] = {}
-        self.streaming = isinstance(translator, Translator) and not translator.params.sampling
+        self.streaming = batching == "continuous" and isinstance(translator, Translator) and not translator.params.sampling
         self.stream = None  # the running BeamStream (continuous batching)
         self.stream_search: tuple[int, int] | None = None  # its (beam, nbest)
         self.waiting: deque[tuple[Job, int]] = deque()  # taken parts not yet in the stream

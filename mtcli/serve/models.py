@@ -48,7 +48,7 @@ class Limits:
     max_body: int = 1 << 20  # bytes; larger bodies get 413
     max_beam: int = 8  # beam and n-best a request may ask for
     cors: tuple[str, ...] = ()
-    pooling: bool = True  # dynamic batching (off: one request per model call, for benchmarks)
+    batching: str = "continuous"  # or "pooled", or "off": one request per model call (see batcher.py)
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ModelPool:
                 if (src, tgt) in self.models:
                     raise MtcliError(f"{path}: {src}-{tgt} is served already by {self.models[src, tgt].path}")
                 translator.translate([WARMUP_TEXT])
-                batcher = Batcher(translator, f"{src}-{tgt}", metrics, limits.queue_size, pooling=limits.pooling)
+                batcher = Batcher(translator, f"{src}-{tgt}", metrics, limits.queue_size, batching=limits.batching)
                 self.models[src, tgt] = Served(src, tgt, Path(path), translator, batcher)
         except MtcliError as exc:
             self.error = str(exc)  # run_serve reports it and exits 2
