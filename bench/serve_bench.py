@@ -162,7 +162,30 @@ def offline(model: Path, sentences: list[str], singles: int) -> dict:
         translator.translate([s])
         one.append(time.perf_counter() - t0)
     return {"sentences": len(sentences), "wall_s": round(wall, 2), "sentences_per_s": round(len(sentences) / wall, 1),
-            "single_p50_ms": round(1000 * statistics.median(one), 1)}  # fmt: skip
+            "single_p50_ms": round(1000 * statistics.median(one), 1),
+            "in_process_32": in_process_ceiling(translator, sentences, 32)}  # fmt: skip
+
+
+def in_process_ceiling(translator, sentences: list[str], clients: int) -> dict:
+    """What `clients` one-sentence requests at a time could get with no HTTP at all: sentences/s of
+    `translate` calls of `clients` lines each (pooled batching at its best), and of a BeamStream
+    kept at `clients` sentences (continuous batching at its best)."""
+    from mtcli.inference.stream import BeamStream
+
+    start = time.perf_counter()
+    for i in range(0, len(sentences), clients):
+        translator.translate(sentences[i : i + clients])
+    calls = len(sentences) / (time.perf_counter() - start)
+    ids, _ = translator.prepare(sentences)
+    stream, done, i = BeamStream(translator.model, translator.params, translator.device), 0, 0
+    start = time.perf_counter()
+    while done < len(ids):
+        n = min(clients - len(stream), len(ids) - i)
+        stream.add(ids[i : i + n], list(range(i, i + n)))
+        i += n
+        done += len(stream.step())
+    running = len(ids) / (time.perf_counter() - start)
+    return {"clients": clients, "calls_per_s": round(calls, 1), "running_batch_per_s": round(running, 1)}
 
 
 def bench_mode(args, mode: str, pair: tuple[str, str]) -> list[dict]:
