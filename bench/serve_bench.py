@@ -10,7 +10,8 @@ each, one sentence per request, POST /translate), bounded by --duration and by t
 and reports sentences/s, p50/p95/p99 latency, errors and its own CPU time (it shares the cores
 with the server). Offline: the same sentences through the Translator in this process, as
 `mtcli translate -i` does (model load excluded), and one sentence at a time for the in-process
-single-sentence latency. --soak S: S seconds at 32 clients, with the server's resident memory
+single-sentence latency. --mixed: also 8 one-sentence clients beside one client sending
+32-line requests (does a short request wait behind a long one?). --soak S: S seconds at 32 clients, with the server's resident memory
 before and after.
 """
 
@@ -50,8 +51,9 @@ def percentile(values: list[float], q: float) -> float:
 # ----------------------------------------------------------------------------- the load generator
 
 
-def load(url: str, sentences: list[str], clients: int, duration: float, pair: tuple[str, str]) -> dict:
-    """Run `clients` threads against url for `duration` seconds; the latencies and counts."""
+def load(url: str, sentences: list[str], clients: int, duration: float, pair: tuple[str, str], lines: int = 1) -> dict:
+    """Run `clients` threads against url for `duration` seconds, each request `lines` sentences
+    (q a string for one, a list for more); the latencies and counts."""
     import http.client
     from urllib.parse import urlsplit
 
@@ -64,8 +66,9 @@ def load(url: str, sentences: list[str], clients: int, duration: float, pair: tu
         for n in range(MAX_REQUESTS_PER_CLIENT):
             if time.perf_counter() > stop_at:
                 break
-            body = json.dumps({"q": sentences[(i + n * clients) % len(sentences)], "source": pair[0],
-                               "target": pair[1]})  # fmt: skip
+            first = (i + n * clients) * lines
+            q = [sentences[(first + j) % len(sentences)] for j in range(lines)]
+            body = json.dumps({"q": q[0] if lines == 1 else q, "source": pair[0], "target": pair[1]})
             start = time.perf_counter()
             try:
                 conn.request("POST", "/translate", body, {"Content-Type": "application/json"})
@@ -87,17 +90,20 @@ def load(url: str, sentences: list[str], clients: int, duration: float, pair: tu
         t.join()
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
-            "wall_s": round(wall, 2), "sentences_per_s": round(len(latencies) / wall, 1),
+    return {"clients": clients, "lines_per_request": lines, "requests": len(latencies), "errors": len(errors),
+            "error_kinds": sorted(set(errors))[:5], "wall_s": round(wall, 2),
+            "sentences_per_s": round(lines * len(latencies) / wall, 1),
             "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),
             "p99_ms": round(percentile(latencies, 99), 1),
             "loadgen_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}  # fmt: skip
 
 
-def run_loadgen(url: str, src: Path, limit: int, clients: int, duration: float, pair: tuple[str, str]) -> dict:
+def run_loadgen(url: str, src: Path, limit: int, clients: int, duration: float, pair: tuple[str, str],
+                lines: int = 1) -> dict:  # fmt: skip
     """The load generator in its own process (so its CPU time is its own); its JSON line."""
     cmd = [sys.executable, __file__, "--loadgen", url, "--src", str(src), "--limit", str(limit),
-           "--clients", str(clients), "--duration", str(duration), "--pair", "-".join(pair)]  # fmt: skip
+           "--clients", str(clients), "--duration", str(duration), "--pair", "-".join(pair),
+           "--lines", str(lines)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300)
     if out.returncode != 0:
         raise SystemExit(f"load generator failed: {out.stderr}")
@@ -197,6 +203,15 @@ def bench_mode(args, mode: str, pair: tuple[str, str]) -> list[dict]:
             row = run_loadgen(server.url, args.src, args.limit, clients, args.duration, pair)
             rows.append({"mode": mode, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.mixed:  # one client sending 32-line requests beside 8 sending one sentence each
+            bulk: dict = {}
+            other = threading.Thread(target=lambda: bulk.update(
+                run_loadgen(server.url, args.src, args.limit, 1, args.duration, pair, lines=32)))  # fmt: skip
+            other.start()
+            singles = run_loadgen(server.url, args.src, args.limit, 8, args.duration, pair)
+            other.join()
+            rows += [{"mode": mode, "mixed": True, **singles}, {"mode": mode, "mixed": True, **bulk}]
+            print(json.dumps(rows[-2:]), file=sys.stderr, flush=True)
     finally:
         rows.append({"mode": mode, "exit_status": server.stop()})
     return rows
@@ -235,11 +250,14 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--threads", type=int, help="torch threads of the server and the offline run (OMP_NUM_THREADS)")
     p.add_argument("--loadgen", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--mixed", action="store_true", help="also: 8 one-sentence clients beside one 32-line client")
     p.add_argument("--pair", default="", help=argparse.SUPPRESS)
+    p.add_argument("--lines", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     sentences = read_sentences(args.src, args.limit)
     if args.loadgen:
-        print(json.dumps(load(args.loadgen, sentences, int(args.clients), args.duration, tuple(args.pair.split("-")))))
+        pair = tuple(args.pair.split("-"))
+        print(json.dumps(load(args.loadgen, sentences, int(args.clients), args.duration, pair, args.lines)))
         return
     args.clients = [int(c) for c in args.clients.split(",")]
     if args.threads:  # before torch is imported here, and inherited by the servers
@@ -247,7 +265,7 @@ def main() -> None:
     meta = json.loads((args.model / "metadata.json").read_text())
     pair = (meta["src_lang"], meta["tgt_lang"])
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(nproc_command=True), "model": str(args.model),
-              "args": {k: str(v) for k, v in vars(args).items() if k not in ("loadgen", "pair")},
+              "args": {k: str(v) for k, v in vars(args).items() if k not in ("loadgen", "pair", "lines")},
               "offline": offline(args.model, sentences, singles=min(50, len(sentences)))}  # fmt: skip
     print(json.dumps(result["offline"]), file=sys.stderr, flush=True)
     result["served"] = [row for mode in args.modes.split(",") for row in bench_mode(args, mode, pair)]
