@@ -174,14 +174,21 @@ def offline(model: Path, sentences: list[str], singles: int) -> dict:
 
 def in_process_ceiling(translator, sentences: list[str], clients: int) -> dict:
     """What `clients` one-sentence requests at a time could get with no HTTP at all: sentences/s of
-    `translate` calls of `clients` lines each (pooled batching at its best), and of a BeamStream
-    kept at `clients` sentences (continuous batching at its best)."""
-    from mtcli.inference.stream import BeamStream
-
+    `translate` calls of `clients` lines each (pooled batching at its best), and, for mtcli's own
+    models, of a BeamStream kept at `clients` sentences (continuous batching at its best)."""
     start = time.perf_counter()
     for i in range(0, len(sentences), clients):
         translator.translate(sentences[i : i + clients])
-    calls = len(sentences) / (time.perf_counter() - start)
+    result = {"clients": clients, "calls_per_s": round(len(sentences) / (time.perf_counter() - start), 1)}
+    if hasattr(translator, "prepare"):  # not a CTranslate2 export
+        result["running_batch_per_s"] = round(running_batch(translator, sentences, clients), 1)
+    return result
+
+
+def running_batch(translator, sentences: list[str], clients: int) -> float:
+    """Sentences/s of a BeamStream that `clients` sentences at a time join as others end."""
+    from mtcli.inference.stream import BeamStream
+
     ids, _ = translator.prepare(sentences)
     stream, done, i = BeamStream(translator.model, translator.params, translator.device), 0, 0
     start = time.perf_counter()
@@ -190,8 +197,7 @@ def in_process_ceiling(translator, sentences: list[str], clients: int) -> dict:
         stream.add(ids[i : i + n], list(range(i, i + n)))
         i += n
         done += len(stream.step())
-    running = len(ids) / (time.perf_counter() - start)
-    return {"clients": clients, "calls_per_s": round(calls, 1), "running_batch_per_s": round(running, 1)}
+    return len(ids) / (time.perf_counter() - start)
 
 
 def bench_mode(args, mode: str, pair: tuple[str, str]) -> list[dict]:
@@ -262,8 +268,9 @@ def main() -> None:
     args.clients = [int(c) for c in args.clients.split(",")]
     if args.threads:  # before torch is imported here, and inherited by the servers
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    meta = json.loads((args.model / "metadata.json").read_text())
-    pair = (meta["src_lang"], meta["tgt_lang"])
+    from mtcli.serve.models import model_pair
+
+    pair = model_pair(args.model)  # a bundle's or a CTranslate2 export's
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(nproc_command=True), "model": str(args.model),
               "args": {k: str(v) for k, v in vars(args).items() if k not in ("loadgen", "pair", "lines")},
               "offline": offline(args.model, sentences, singles=min(50, len(sentences)))}  # fmt: skip
