@@ -10,9 +10,9 @@ each, one sentence per request, POST /translate), bounded by --duration and by t
 and reports sentences/s, p50/p95/p99 latency, errors and its own CPU time (it shares the cores
 with the server). Offline: the same sentences through the Translator in this process, as
 `mtcli translate -i` does (model load excluded), and one sentence at a time for the in-process
-single-sentence latency. --mixed: also 8 one-sentence clients beside one client sending
-32-line requests (does a short request wait behind a long one?). --soak S: S seconds at 32 clients, with the server's resident memory
-before and after.
+single-sentence latency (and, at 32 at a time, its ceiling without HTTP). --mixed: also 8 one-sentence clients beside one client sending
+32-line requests (does a short request wait behind a long one?). --soak S: S seconds at 32 clients in the first of --modes, with the server's
+resident memory before, every 30 s, and after.
 """
 
 from __future__ import annotations
@@ -224,8 +224,8 @@ def bench_mode(args, mode: str, pair: tuple[str, str]) -> list[dict]:
 
 
 def soak(args, pair: tuple[str, str]) -> dict:
-    """--soak seconds at 32 clients with the default (continuous) batching: errors and resident memory growth."""
-    server = Server(args.model)
+    """--soak seconds at 32 clients with the first of --modes: errors and resident memory growth."""
+    server = Server(args.model, "--batching", args.modes.split(",")[0])
     try:
         run_loadgen(server.url, args.src, args.limit, 32, min(30.0, args.soak), pair)  # settle allocations
         before, result = server.rss_mb(), {}
