@@ -3,16 +3,17 @@
     python bench/serve_bench.py --model runs/multi30k-en-de/model [--clients 1,8,32,128]
         [--duration 20] [--limit 1000] [--modes continuous,pooled,off] [--soak 600] [--json FILE]
 
-For each mode (`serve --batching MODE`: continuous batching, pooled calls, or off: one request per
-model call) a fresh server is started;
-for each client count a load generator runs in its own process (threads, one keep-alive connection
-each, one sentence per request, POST /translate), bounded by --duration and by the request count,
-and reports sentences/s, p50/p95/p99 latency, errors and its own CPU time (it shares the cores
-with the server). Offline: the same sentences through the Translator in this process, as
-`mtcli translate -i` does (model load excluded), and one sentence at a time for the in-process
-single-sentence latency (and, at 32 at a time, its ceiling without HTTP). --mixed: also 8 one-sentence clients beside one client sending
-32-line requests (does a short request wait behind a long one?). --soak S: S seconds at 32 clients in the first of --modes, with the server's
-resident memory before, every 30 s, and after.
+For each mode (`serve --batching MODE`: continuous batching, pooled calls, or off: one request
+per model call) a fresh server is started; for each client count a load generator runs in its own
+process (threads, one keep-alive connection each, one sentence per request, POST /translate),
+bounded by --duration and by the request count, and reports sentences/s, p50/p95/p99 latency,
+errors and its own CPU time (it shares the cores with the server). Offline: the same sentences
+through the Translator in this process, as `mtcli translate -i` does (model load excluded); one
+sentence at a time for the in-process single-sentence latency; and 32 at a time, the ceiling of
+32 one-sentence clients without HTTP. --mixed: also 8 one-sentence clients beside one client
+sending 32-line requests (does a short request wait behind a long one?). --soak S: S seconds at
+32 clients in the first of --modes, with the server's resident memory before, every 30 s, and
+after. --model may be a bundle or a CTranslate2 export.
 """
 
 from __future__ import annotations
