@@ -73,6 +73,7 @@ class Batcher:
         self.stream = None  # the running BeamStream (continuous batching)
         self.stream_search: tuple[int, int] | None = None  # its (beam, nbest)
         self.waiting: deque[tuple[Job, int]] = deque()  # taken parts not yet in the stream
+        self.trim = HeapTrim()
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -153,6 +154,7 @@ class Batcher:
             return self._run_stream()
         while (jobs := self._take()) is not None:
             self._serve(jobs)
+            self.trim.maybe()
 
     def _serve(self, jobs: list[Job]) -> None:
         """Translate the jobs' lines in one call and hand each job its own results."""
@@ -187,6 +189,7 @@ class Batcher:
             self._fill()
             if self.stream is not None and len(self.stream):
                 self._step()
+            self.trim.maybe()
 
     def _take_more(self) -> list[Job]:
         """The pending jobs, from the front, that the running batch can take now: those with its
@@ -290,6 +293,31 @@ class Batcher:
         self.waiting.clear()
         self.stream, self.stream_search = None, None
         self.metrics.in_progress.labels(self.pair).set(0)
+
+
+class HeapTrim:
+    """Give freed heap memory back to the system every `every` seconds (glibc's `malloc_trim`).
+
+    A server's batches differ in shape all the time, so torch's CPU tensors are freed and
+    allocated in ever other sizes, and glibc keeps freed pages. In a 3-minute soak at 32 clients
+    (pooled calls) resident memory grew 45 % with this trim against 65 % without (see
+    docs/BENCHMARKS.md). Elsewhere than glibc this does nothing."""
+
+    def __init__(self, every: float = 10.0):
+        self.every, self.last = every, time.monotonic()
+        try:
+            import ctypes
+
+            self.malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self.malloc_trim = None
+
+    def maybe(self) -> None:
+        """Trim if `every` seconds have passed since the last trim."""
+        if self.malloc_trim is None or time.monotonic() - self.last < self.every:
+            return
+        self.malloc_trim(0)
+        self.last = time.monotonic()
 
 
 def _resolve(future: asyncio.Future, result, exc: BaseException | None) -> None:
