@@ -40,14 +40,10 @@ class BeamStream:
         self.last_step: list[int] = []  # the step at which it must end
         self.src_tokens: list[int] = []  # its source length + EOS (the caller's budget)
         self.finished: dict = {}
-        self.tokens = torch.empty(
-            0, 1, dtype=torch.long, device=self.device
-        )  # right-aligned histories
+        self.tokens = torch.empty(0, 1, dtype=torch.long, device=self.device)  # right-aligned histories
         self.scores = torch.empty(0, k, device=self.device)
         self.max_len = torch.empty(0, dtype=torch.long, device=self.device)  # per row
-        self.pad_mask = torch.empty(
-            0, 0, dtype=torch.bool, device=self.device
-        )  # per sentence, source
+        self.pad_mask = torch.empty(0, 0, dtype=torch.bool, device=self.device)  # per sentence, source
         self.cache = self.model.new_cache()
         self.order: torch.Tensor | None = None  # rows of the self-attention caches the next step reads
 
@@ -73,9 +69,7 @@ class BeamStream:
         memory, pad_mask = self.model.encode(src)
         cross = self.model.cross_cache(memory)
         width = max(self.pad_mask.size(1), pad_mask.size(1))
-        self.pad_mask = torch.cat(
-            [_pad_to(self.pad_mask, width, True), _pad_to(pad_mask, width, True)]
-        )
+        self.pad_mask = torch.cat([_pad_to(self.pad_mask, width, True), _pad_to(pad_mask, width, True)])
         for layer, new in zip(self.cache, cross):
             for name, value in new.items():
                 old = layer["cross"].get(name)
@@ -91,9 +85,7 @@ class BeamStream:
         scores = torch.full((m, k), NEG_INF, device=self.device)
         scores[:, 0] = 0.0  # all beams start identical: only the first is live
         self.scores = torch.cat([self.scores, scores])
-        tokens = torch.full(
-            (m * k, self.tokens.size(1)), p.pad_id, dtype=torch.long, device=self.device
-        )
+        tokens = torch.full((m * k, self.tokens.size(1)), p.pad_id, dtype=torch.long, device=self.device)
         tokens[:, -1] = p.bos_id
         self.tokens = torch.cat([self.tokens, tokens])
         self.keys += keys
@@ -120,14 +112,9 @@ class BeamStream:
         lprobs = _step_logprobs(self.model, self.tokens, None, self.pad_mask, self.cache, steps, self.max_len, p,
                                 positions=steps, self_pad_mask=hide)  # fmt: skip
         starts = [self.tokens.size(1) - s for s in self.steps]
-        self.tokens, self.scores, rows = advance(
-            lprobs, self.scores, self.tokens, self.finished, self.keys, p, starts
-        )
-        self.order = rows
-        done = [
-            len(self.finished[key]) >= k or s >= last
-            for key, s, last in zip(self.keys, self.steps, self.last_step)
-        ]
+        self.tokens, self.scores, self.order = advance(lprobs, self.scores, self.tokens, self.finished, self.keys, p,
+                                                       starts)  # fmt: skip
+        done = [len(self.finished[key]) >= k or s >= last for key, s, last in zip(self.keys, self.steps, self.last_step)]
         self.steps = [s + 1 for s in self.steps]
         ended = [(key, sorted(self.finished.pop(key), key=lambda h: -h.score)[: p.nbest])
                  for key, d in zip(self.keys, done) if d]  # fmt: skip
@@ -144,14 +131,9 @@ class BeamStream:
         keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
         for name in ("keys", "steps", "last_step", "src_tokens"):
             setattr(self, name, [getattr(self, name)[i] for i in kept])
-        self.tokens, self.scores, self.max_len = (
-            self.tokens[keep_rows],
-            self.scores[keep],
-            self.max_len[keep_rows],
-        )
-        self.order = self.order[keep_rows]
         history = max(self.steps)  # cached positions the oldest sentence still reads
-        self.tokens = self.tokens[:, -(history + 1) :]
+        self.tokens = self.tokens[keep_rows, -(history + 1) :]
+        self.scores, self.max_len, self.order = self.scores[keep], self.max_len[keep_rows], self.order[keep_rows]
         pad_mask = self.pad_mask[keep]
         width = int((~pad_mask).sum(1).max())  # sources are right-padded
         self.pad_mask = pad_mask[:, :width]

@@ -205,19 +205,13 @@ class Batcher:
                 job = self.pending[0]
                 search = (job.beam, job.nbest)
                 if running or jobs:
-                    if (
-                        search != self.stream_search
-                        or used + job.tokens > self.translator.max_tokens
-                    ):
+                    if search != self.stream_search or used + job.tokens > self.translator.max_tokens:
                         break
                 elif search != self.stream_search or self.stream is None:
                     from mtcli.inference.stream import BeamStream
 
                     t = self._translator_for(*search)
-                    self.stream, self.stream_search = (
-                        BeamStream(t.model, t.params, t.device),
-                        search,
-                    )
+                    self.stream, self.stream_search = BeamStream(t.model, t.params, t.device), search
                 jobs.append(self.pending.popleft())
                 used += job.tokens
                 if not self.pooling:
@@ -268,9 +262,7 @@ class Batcher:
         except Exception as exc:  # a model failure fails the requests in the batch, not the worker
             self._fail(exc, list(jobs) + [job for job, _ in self.waiting])
             return
-        self.metrics.record_call(
-            self.pair, threading.current_thread().name, len(jobs), len(stream) + len(ended)
-        )
+        self.metrics.record_call(self.pair, threading.current_thread().name, len(jobs), len(stream) + len(ended))
         for (job, i), hyps in ended:
             job.hyps[i] = hyps
             job.left -= 1
@@ -280,9 +272,8 @@ class Batcher:
             self.metrics.in_progress.labels(self.pair).set(0)
 
     def _finish(self, job: Job) -> None:
-        results = self._translator_for(job.beam, job.nbest).finish(
-            len(job.lines), job.owner, job.hyps
-        )
+        """Answer a job whose parts have all ended."""
+        results = self._translator_for(job.beam, job.nbest).finish(len(job.lines), job.owner, job.hyps)
         self.metrics.record_done(self.pair, [job], results)
         job.loop.call_soon_threadsafe(_resolve, job.future, results, None)
 
