@@ -26,14 +26,13 @@ def run_serve(models: list[Path], host: str, port: int, overrides: list[str], **
         raise MtcliError(f"mtcli serve needs the serve extra ({exc.name} is missing): pip install 'mtcli[serve]'") from None
     from mtcli.inference.translator import resolve_model_path
     from mtcli.serve.app import create_app
-    from mtcli.serve.batcher import BATCHING
+    from mtcli.serve.batcher import check_batching
     from mtcli.serve.models import Limits, ModelPool
 
     bad = [o for o in overrides if not o.startswith("decode.")]
     if bad:
         raise MtcliError(f"--set {bad[0]}: serve only accepts decode.* keys")
-    if limits.get("batching", BATCHING[0]) not in BATCHING:
-        raise MtcliError(f"--batching {limits['batching']}: choose one of {', '.join(BATCHING)}")
+    check_batching(limits.get("batching", "continuous"))
     pool = ModelPool([Path(m) for m in models] or [resolve_model_path(None)], list(overrides))
     config = uvicorn.Config(create_app(pool, Limits(**limits)), host=host, port=port, access_log=False,
                             log_level="warning", timeout_graceful_shutdown=None)  # fmt: skip

@@ -33,6 +33,12 @@ from mtcli.serve.metrics import Metrics
 BATCHING = ("continuous", "pooled", "off")
 
 
+def check_batching(mode: str) -> None:
+    """A one-line error unless `mode` is one of BATCHING (--batching)."""
+    if mode not in BATCHING:
+        raise MtcliError(f"--batching {mode}: choose one of {', '.join(BATCHING)}")
+
+
 class QueueFull(Exception):
     """The model's queue holds --queue-size requests already."""
 
@@ -61,8 +67,7 @@ class Batcher:
     def __init__(self, translator, pair: str, metrics: Metrics, queue_size: int, max_wait: float = 0.005,
                  batching: str = "continuous"):  # fmt: skip
         self.translator, self.pair, self.metrics = translator, pair, metrics
-        if batching not in BATCHING:
-            raise MtcliError(f"--batching {batching}: choose one of {', '.join(BATCHING)}")
+        check_batching(batching)
         self.queue_size, self.max_wait, self.pooling = queue_size, max_wait, batching != "off"
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()
