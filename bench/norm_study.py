@@ -9,16 +9,17 @@
 Every experiment runs each variant with `--seeds` (default 1,2,3: model initialization and data
 order, `train.seed`) on Multi30k en-de (configs/base.yaml, 2,048-token batches), one run at a
 time with all cores, under a budget in updates (`--steps`), not minutes, so that results do not
-depend on the machine's speed that day. Runs are resumable: a run stopped by Ctrl-C, a reboot or
-`--max-hours` continues from its last checkpoint when the command is given again (`--restart`
-starts over), so a study can be spread over days. Convergence (`warmup`): a run stops when its
+depend on the machine's speed that day. Runs are resumable, so a study can be spread over days:
+the command given again keeps the runs it recorded as finished, resumes a run stopped by Ctrl-C,
+SIGTERM or a reboot from its last checkpoint (saved every 100 updates and on the signal), and
+goes on with the rest (`--restart` starts over). Convergence (`warmup`): a run stops when its
 validation loss has not improved by more than `--delta` (0.01 nats) over `--patience` (3)
 evaluations of `--eval-every` (500) updates, or at `--steps`. The BLEU claims get a paired test on
 the same test sentences: each run's bundle translates the test split (beam search) and
 `mtcli compare` (sacreBLEU's paired bootstrap) compares it with the pre-LN run of the same seed.
-Raw results go to bench/results/norms/<experiment>-seeds.json, runs to runs/norms/<name>; the CPU time
-of every run is recorded and the study refuses to start runs past `--max-hours` (default 12) of
-CPU time in total.
+Raw results go to bench/results/norms/<experiment>-seeds.json, runs to runs/norms/<name>. The
+time of every run is recorded (wall time, and CPU time as wall time x threads), and the study
+starts no run once `--max-hours` (default 12) machine hours have been spent in total.
 """
 
 from __future__ import annotations
@@ -48,21 +49,26 @@ def run_dir(name: str) -> Path:
     return REPO / "runs" / "norms" / name
 
 
-def cpu_hours_used() -> float:
-    """CPU hours of every run recorded so far (wall time x threads)."""
+def hours_used(skip: Path | None = None) -> float:
+    """Machine hours (wall time with every core) of every run recorded so far, but those in `skip`."""
     total = 0.0
     for path in RESULTS.glob("*-seeds.json"):
-        data = json.loads(path.read_text())
-        for r in data.get("runs", []):
-            total += r.get("cpu_s", 0.0)
+        if path != skip:
+            total += sum(r.get("wall_s", 0.0) for r in json.loads(path.read_text()).get("runs", []))
     return total / 3600
 
 
+def finished(result: dict) -> bool:
+    """Whether a recorded run has ended (its budget, an early stop, or divergence), rather than
+    being stopped (a signal, a crash) and left to resume."""
+    return result.get("exit") == 0 or bool(result.get("diverged"))
+
+
 def train(name: str, sets: list[str], args) -> dict:
-    """Train (or resume) one run to its budget; its results, with the CPU time this call spent."""
+    """Train (or resume) one run to its budget; its results, with the time this call spent."""
     run = run_dir(name)
     cmd = MTCLI + ["train", str(args.config), "--set", f"run_dir={run}", "--set", f"train.max_steps={args.steps}",
-                   "--set", f"train.eval_every={args.eval_every}", "--set", f"train.save_every={args.eval_every}",
+                   "--set", f"train.eval_every={args.eval_every}", "--set", "train.save_every=100",
                    "--set", "train.log_every=25", "--set", "train.eval_max_sentences=500",
                    "--set", "train.average_last=1", "--set", "train.keep_last=2", "--set", "train.max_time=null",
                    "--set", f"train.threads={THREADS}", "--set", f"train.max_tokens={MAX_TOKENS}"]  # fmt: skip
@@ -77,7 +83,8 @@ def train(name: str, sets: list[str], args) -> dict:
     train_rows = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "valid_loss" in r]
     return {
-        "name": name, "sets": sets, "exit": proc.returncode, "cpu_s": round(wall * THREADS, 1),
+        "name": name, "sets": sets, "exit": proc.returncode, "wall_s": round(wall, 1),
+        "cpu_s": round(wall * THREADS, 1),
         "steps": max((r["step"] for r in rows), default=0),
         "final_loss": train_rows[-1]["loss"] if train_rows else None,
         "best_valid_bleu": max((r.get("valid_bleu", 0) for r in evals), default=None),
@@ -117,28 +124,40 @@ def test_bleu(result: dict, baseline: dict | None) -> None:
 
 
 def run_experiment(name: str, variants: list[tuple[str, list[str]]], args) -> None:
-    """Every variant x seed, one at a time, saving the JSON after each run; paired tests at the end."""
+    """Every variant x seed, one at a time, saving the JSON after each run; paired tests at the end.
+    Runs recorded as finished are kept as they are; a stopped one resumes, its time added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-seeds.json"  # beside the single-seed results of the first study
+    old = {} if args.restart or not path.exists() else {r["name"]: r for r in json.loads(path.read_text())["runs"]}
     runs = []
-    for seed in args.seeds:
-        for variant, sets in variants:
-            if cpu_hours_used() + sum(r["cpu_s"] for r in runs) / 3600 > args.max_hours:
-                print(f"stopping: {args.max_hours} CPU hours used; rerun to continue", flush=True)
-                break
-            result = train(f"{name}-{variant}-s{seed}", [*sets, f"train.seed={seed}"], args)
-            result.update(variant=variant, seed=seed)
-            runs.append(result)
-            print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "stderr_tail")}), flush=True)
-            save(path, name, runs, args)
+    for seed, (variant, sets) in ((seed, v) for seed in args.seeds for v in variants):
+        run_name = f"{name}-{variant}-s{seed}"
+        if run_name in old and finished(old[run_name]):
+            runs.append(old[run_name])
+            continue
+        if hours_used(skip=path) + sum(r["wall_s"] for r in runs) / 3600 > args.max_hours:
+            print(f"stopping: {args.max_hours} machine hours used; rerun to continue", flush=True)
+            break
+        result = train(run_name, [*sets, f"train.seed={seed}"], args)
+        if run_name in old:  # resumed: its earlier time counts too
+            result["wall_s"] += old[run_name]["wall_s"]
+            result["cpu_s"] += old[run_name]["cpu_s"]
+        result.update(variant=variant, seed=seed)
+        runs.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "stderr_tail")}), flush=True)
+        save(path, name, runs, args)
+        if not finished(result):
+            raise SystemExit(f"{run_name} stopped (exit {result['exit']}); rerun to resume it")
     for r in runs:
-        pre = next((b for b in runs if b["seed"] == r["seed"] and b["variant"].startswith("pre")), None)
-        test_bleu(r, None if pre is None or pre is r else pre)
+        if "test_bleu" not in r:
+            pre = next((b for b in runs if b["seed"] == r["seed"] and b["variant"].startswith("pre")), None)
+            test_bleu(r, None if pre is None or pre is r else pre)
     save(path, name, runs, args)
 
 
 def save(path: Path, name: str, runs: list[dict], args) -> None:
     doc = {"experiment": name, "steps": args.steps, "seeds": args.seeds, "runs": runs,
+           "machine_hours": round(sum(r["wall_s"] for r in runs) / 3600, 2),
            "cpu_hours": round(sum(r["cpu_s"] for r in runs) / 3600, 2)}  # fmt: skip
     write_text(path, json.dumps(doc, indent=2))
 
@@ -276,7 +295,8 @@ def report(args) -> None:
         data = json.loads(path.read_text())
         if data.get("runs"):
             figure(data["experiment"], data["runs"])
-            print(f"\n{data['experiment']} ({data['cpu_hours']} CPU hours)\n\n" + summary(data["runs"]))
+            hours = f"{data.get('machine_hours', '?')} machine hours, {data['cpu_hours']} CPU hours"
+            print(f"\n{data['experiment']} ({hours})\n\n" + summary(data["runs"]))
 
 
 def main() -> None:
@@ -290,7 +310,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
     parser.add_argument("--warmup", type=int, default=1000, help="warmup updates of the runs that warm up")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    parser.add_argument("--max-hours", type=float, default=12.0, help="CPU hours for the whole study")
+    parser.add_argument("--max-hours", type=float, default=12.0, help="machine hours for the whole study")
     parser.add_argument("--restart", action="store_true", help="start every run over")
     parser.add_argument("--config", type=Path, default=BASE, help="experiment config (configs/tiny.yaml: a smoke test)")
     args = parser.parse_args()

@@ -12,8 +12,9 @@ through the Translator in this process, as `mtcli translate -i` does (model load
 sentence at a time for the in-process single-sentence latency; and 32 at a time, the ceiling of
 32 one-sentence clients without HTTP. --mixed: also 8 one-sentence clients beside one client
 sending 32-line requests (does a short request wait behind a long one?). --soak S: S seconds at
-32 clients in the first of --modes, with the server's resident memory before, every 30 s, and
-after. --model may be a bundle or a CTranslate2 export.
+32 clients in the first of --modes: errors, and the server's resident memory at rest before and
+after and every 30 s under load (with the C heap's bytes in use and freed but kept, from
+/metrics). --model may be a bundle or a CTranslate2 export.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -147,6 +149,15 @@ class Server:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
 
+    def heap_mb(self) -> tuple[float, float] | tuple[()]:
+        """The C heap's (in use, freed but kept) MiB from /metrics; () where it reports none."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            text = r.read().decode()
+        found = dict(re.findall(r'^mtcli_serve_heap_bytes\{kind="(\w+)"\} (\S+)$', text, re.M))
+        return (round(float(found["in_use"]) / 2**20, 1), round(float(found["free"]) / 2**20, 1)) if found else ()
+
     def stop(self) -> int:
         """SIGTERM, wait, the exit status."""
         self.proc.terminate()
@@ -225,23 +236,37 @@ def bench_mode(args, mode: str, pair: tuple[str, str]) -> list[dict]:
 
 
 def soak(args, pair: tuple[str, str]) -> dict:
-    """--soak seconds at 32 clients with the first of --modes: errors and resident memory growth."""
+    """--soak seconds at 32 clients with the first of --modes: errors and resident memory growth.
+
+    Growth is measured at rest, before and after: each time 3 s after the last request, once the
+    worker has given the batches' memory back. Under load, memory is sampled every 30 s; its
+    trend is the least-squares slope of those samples."""
     server = Server(args.model, "--batching", args.modes.split(",")[0])
+
+    def sample(since: float) -> tuple:  # (s, RSS, C heap in use, C heap freed but kept), MiB
+        return (round(time.monotonic() - since), round(server.rss_mb(), 1), *server.heap_mb())
+
     try:
         run_loadgen(server.url, args.src, args.limit, 32, min(30.0, args.soak), pair)  # settle allocations
-        before, result = server.rss_mb(), {}
+        time.sleep(3)
+        start, result = time.monotonic(), {}
+        before = sample(start)
         loadgen = threading.Thread(target=lambda: result.update(run_loadgen(server.url, args.src, args.limit, 32,
                                                                             args.soak, pair)))  # fmt: skip
         loadgen.start()
-        samples, start = [], time.monotonic()
-        while loadgen.is_alive():  # resident memory every 30 s: a plateau or a steady climb
+        samples = []
+        while loadgen.is_alive():
             loadgen.join(30)
-            samples.append((round(time.monotonic() - start), round(server.rss_mb(), 1)))
-        after = server.rss_mb()
+            if loadgen.is_alive():
+                samples.append(sample(start))
+        time.sleep(3)
+        after = sample(start)
     finally:
         server.stop()
-    return {"soak_s": args.soak, **result, "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1),
-            "rss_growth_pct": round(100 * (after - before) / before, 2), "rss_samples": samples}  # fmt: skip
+    trend = statistics.linear_regression([s[0] for s in samples], [s[1] for s in samples]).slope if len(samples) > 1 else 0
+    return {"soak_s": args.soak, **result, "rss_before_mb": before[1], "rss_after_mb": after[1],
+            "rss_growth_pct": round(100 * (after[1] - before[1]) / before[1], 2), "at_rest": [before, after],
+            "rss_samples": samples, "load_trend_mb_per_min": round(60 * trend, 2)}  # fmt: skip
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 from run_helpers import REPO, cli
 from serve_helpers import HeldServer, Server, bundle, get, metric, post_json, request
+
+from mtcli.serve.heap import HeapTrim, heap_bytes
 
 pytest.importorskip("fastapi")
 __all__ = ["bundle"]  # the fixture, imported
@@ -202,6 +205,43 @@ def _check_pooling(server, bundle) -> None:
     worker = health["models"][0]["worker_thread"]
     assert worker != health["event_loop_thread"]
     assert metric(text, "mtcli_serve_batches_total") == metric(text, "mtcli_serve_batches_total", thread=worker)
+    if heap_bytes() is not None:  # glibc: the C heap holds at least the model's weights
+        assert metric(text, "mtcli_serve_heap_bytes", kind="in_use") > bundle_bytes(bundle)
+
+
+def bundle_bytes(bundle: Path) -> int:
+    return sum(f.stat().st_size for f in bundle.iterdir())
+
+
+def test_the_heap_gauge_counts_memory_and_the_idle_trim_gives_it_back():
+    """64 MiB malloc'ed in 8 KiB blocks shows in heap_bytes; once freed (with every 16th block kept,
+    so the heap cannot shrink from its top by itself) it stays resident until HeapTrim trims."""
+    if heap_bytes() is None:
+        pytest.skip("not glibc")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    before = heap_bytes()["in_use"]
+    blocks = [libc.malloc(8192) for _ in range(8192)]
+    for block in blocks:
+        libc.memset(block, 1, 8192)  # resident
+    assert heap_bytes()["in_use"] - before >= 60 << 20
+    for i, block in enumerate(blocks):
+        if i % 16:
+            libc.free(block)
+    trim = HeapTrim(every=3600)
+    trim.maybe()  # busy, and the last trim was just now: nothing happens yet
+    resident = rss_bytes()
+    assert heap_bytes()["free"] >= 50 << 20
+    trim.idle()
+    assert resident - rss_bytes() >= 40 << 20
+    for block in blocks[::16]:
+        libc.free(block)
+
+
+def rss_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024
 
 
 def _start_big(url: str, results: list) -> threading.Thread:

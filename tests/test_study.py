@@ -86,3 +86,36 @@ def test_plot_without_matplotlib_says_how(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     with pytest.raises(MtcliError, match=r"pip install 'mtcli\[plot\]'"):
         run_plot([_metrics(tmp_path / "a", 1.0)], tmp_path / "c.png")
+
+
+def test_norm_study_keeps_finished_runs_resumes_a_stopped_one_and_caps_hours(tmp_path, monkeypatch):
+    """bench/norm_study.py spread over several sittings: a run stopped by a signal stops the
+    study; given again, the study keeps the finished runs, resumes the stopped one (its time
+    added) and starts no run past --max-hours."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import norm_study
+
+    monkeypatch.setattr(norm_study, "RESULTS", tmp_path)
+    monkeypatch.setattr(norm_study, "test_bleu", lambda result, baseline: None)
+    calls, exits = [], {}
+
+    def train(name, sets, args):
+        calls.append(name)
+        return {"name": name, "sets": sets, "exit": exits.get(name, 0), "wall_s": 1800.0, "cpu_s": 3600.0}
+
+    monkeypatch.setattr(norm_study, "train", train)
+    args = type("Args", (), {"seeds": [1, 2], "restart": False, "max_hours": 12.0, "steps": 10})()
+    variants = [("pre", []), ("post", [])]
+    exits["x-post-s1"] = 143  # SIGTERM: saved its checkpoint, to be resumed
+    with pytest.raises(SystemExit, match="x-post-s1 stopped"):
+        norm_study.run_experiment("x", variants, args)
+    assert calls == ["x-pre-s1", "x-post-s1"]
+    exits.clear()
+    calls.clear()
+    args.max_hours = 1.4  # 0.5 h finished; resuming the stopped run takes it to 1.5 h
+    norm_study.run_experiment("x", variants, args)
+    assert calls == ["x-post-s1"]
+    runs = json.loads((tmp_path / "x-seeds.json").read_text())["runs"]
+    assert [r["name"] for r in runs] == ["x-pre-s1", "x-post-s1"]
+    assert runs[1]["wall_s"] == 3600.0 and runs[1]["exit"] == 0
+    assert norm_study.hours_used() == 1.5

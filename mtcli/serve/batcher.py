@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from mtcli.errors import MtcliError
 from mtcli.inference.params import with_search
 from mtcli.inference.translator import Translator
+from mtcli.serve.heap import HeapTrim
 from mtcli.serve.metrics import Metrics
 
 BATCHING = ("continuous", "pooled", "off")
@@ -136,7 +137,8 @@ class Batcher:
         milliseconds so that concurrent requests join the first call."""
         with self.cond:
             while not self.pending and not self.stopping:
-                self.cond.wait()
+                if not self.cond.wait(timeout=1.0):
+                    self.trim.idle()  # a second without work: give the batches' memory back
             if not self.pending:
                 return False
         if self.pooling and self.max_wait > 0:
@@ -289,31 +291,6 @@ class Batcher:
         self.waiting.clear()
         self.stream, self.stream_search = None, None
         self.metrics.in_progress.labels(self.pair).set(0)
-
-
-class HeapTrim:
-    """Give freed heap memory back to the system every `every` seconds (glibc's `malloc_trim`).
-
-    A server's batches differ in shape all the time, so torch's CPU tensors are freed and
-    allocated in ever other sizes, and glibc keeps freed pages. In a 3-minute soak at 32 clients
-    (pooled calls) resident memory grew 45 % with this trim against 65 % without (see
-    docs/BENCHMARKS.md). Elsewhere than glibc this does nothing."""
-
-    def __init__(self, every: float = 10.0):
-        self.every, self.last = every, time.monotonic()
-        try:
-            import ctypes
-
-            self.malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            self.malloc_trim = None
-
-    def maybe(self) -> None:
-        """Trim if `every` seconds have passed since the last trim."""
-        if self.malloc_trim is None or time.monotonic() - self.last < self.every:
-            return
-        self.malloc_trim(0)
-        self.last = time.monotonic()
 
 
 def _resolve(future: asyncio.Future, result, exc: BaseException | None) -> None:

@@ -14,6 +14,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from mtcli.serve.heap import heap_bytes
+
 disable_created_metrics()  # the *_created series double the output and say nothing a scraper needs
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -43,6 +45,11 @@ class Metrics:
         self.sentences = Counter("mtcli_serve_sentences", "Sentences translated", ["pair"], registry=r)
         self.tokens = Counter("mtcli_serve_tokens", "Tokens translated (side: src or tgt)", ["pair", "side"],
                               registry=r)  # fmt: skip
+        self.heap = Gauge("mtcli_serve_heap_bytes", "The process's C heap: bytes in use, and freed but kept (glibc)",
+                          ["kind"], registry=r)  # fmt: skip
+        if heap_bytes() is not None:
+            for kind in ("in_use", "free"):
+                self.heap.labels(kind).set_function(lambda kind=kind: heap_bytes()[kind])
         self.cancelled = Counter("mtcli_serve_cancelled", "Queued requests dropped before translation",
                                  ["pair", "reason"], registry=r)  # fmt: skip
 
