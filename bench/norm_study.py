@@ -205,12 +205,13 @@ def _spread(runs: list[dict], key: str, digits: int = 2) -> str:
 
 def summary(runs: list[dict]) -> str:
     """A markdown table: each variant's mean ± std over seeds, and the paired p-values vs pre-LN."""
-    lines = ["| variant | seeds | updates | best valid loss | best valid BLEU | test BLEU | p vs pre-LN (per seed) |",
-             "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = ["| variant | seeds | updates | train tokens/s | best valid loss | best valid BLEU | test BLEU | p vs pre-LN (per seed) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for variant in dict.fromkeys(r["variant"] for r in runs):
         rs = [r for r in runs if r["variant"] == variant]
         ps = ", ".join(f"{r['p_vs_pre']:.3f}" for r in rs if r.get("p_vs_pre") is not None) or "-"
-        lines.append(f"| {variant} | {len(rs)} | {_spread(rs, 'steps', 0)} | {_spread(rs, 'best_valid_loss', 3)} | "
+        lines.append(f"| {variant} | {len(rs)} | {_spread(rs, 'steps', 0)} | {_spread(rs, 'tokens_per_s', 0)} | "
+                     f"{_spread(rs, 'best_valid_loss', 3)} | "
                      f"{_spread(rs, 'best_valid_bleu')} | {_spread(rs, 'test_bleu')} | {ps} |")  # fmt: skip
     return "\n".join(lines)
 
