@@ -43,6 +43,7 @@ FIGURES = REPO / "docs" / "figures"
 BASE = REPO / "configs" / "base.yaml"
 MTCLI = [sys.executable, "-m", "mtcli"]
 THREADS, MAX_TOKENS = os.cpu_count() or 1, 2048
+NARROW = ["model.d_model=128", "model.n_heads=4", "model.d_ff=512"]  # experiments 2 and 3
 
 
 def run_dir(name: str) -> Path:
@@ -172,18 +173,22 @@ def exp_gradients(args) -> None:
 
 
 def exp_warmup(args) -> None:
-    # Each placement with the schedule it normally gets (inverse-sqrt after 1,000 warmup updates,
-    # lr 1e-3, as configs/base.yaml) and the same without warmup, until converged (see --delta).
+    # Each placement with the schedule it normally gets (inverse-sqrt decay after --warmup linear
+    # warmup updates to --lr) and the same schedule without the ramp (the lr starts at the peak,
+    # train.warmup_init_lr, and decays from the same update on), each trained until converged (see
+    # --delta). The narrow width of experiment 3 at the base depth (3+3), so that 18 runs to
+    # convergence fit the 12-hour cap on two cores.
     converge = [f"train.patience={args.patience}", f"train.patience_delta={args.delta}", "train.best_metric=valid_loss",
-                "train.schedule=inverse_sqrt", f"train.lr={args.lr}"]  # fmt: skip
-    variants = [(f"{norm}-w{w}", [f"model.norm={norm}", f"train.warmup_steps={w}", *converge])
-                for norm in ("pre", "post", "deepnorm") for w in (args.warmup, 0)]  # fmt: skip
+                "train.schedule=inverse_sqrt", f"train.lr={args.lr}", f"train.warmup_steps={args.warmup}"]  # fmt: skip
+    ramps = {f"w{args.warmup}": [], "w0": [f"train.warmup_init_lr={args.lr}"]}
+    variants = [(f"{norm}-{w}", [*NARROW, f"model.norm={norm}", *converge, *ramp])
+                for norm in ("pre", "post", "deepnorm") for w, ramp in ramps.items()]  # fmt: skip
     run_experiment("warmup", variants, args)
 
 
 def exp_depth(args) -> None:
-    narrow = ["model.d_model=128", "model.n_heads=4", "model.d_ff=512", f"model.encoder_layers={args.layers}",
-              f"model.decoder_layers={args.layers}", f"train.warmup_steps={args.warmup}", f"train.lr={args.lr}"]  # fmt: skip
+    narrow = [*NARROW, f"model.encoder_layers={args.layers}", f"model.decoder_layers={args.layers}",
+              f"train.warmup_steps={args.warmup}", f"train.lr={args.lr}"]  # fmt: skip
     variants = [("pre", []), ("post", []), ("deepnorm", []), ("pre-noresidual", ["model.residual=false"])]
     run_experiment(f"depth{args.layers}", [(v, [*narrow, f"model.norm={v.split('-')[0]}", *extra]) for v, extra in variants], args)
 

@@ -183,6 +183,9 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     schedule: Literal["inverse_sqrt", "linear", "cosine", "constant"] = "inverse_sqrt"
     warmup_steps: int = Field(4000, ge=0)
+    # The lr the warmup ramp starts from (fairseq's --warmup-init-lr); = lr: no ramp, but the decay
+    # still counts from warmup_steps (the same schedule as a warmed-up run, without the warmup).
+    warmup_init_lr: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     # Subword regularization (unigram tokenizer): each epoch, every training sentence takes one of
     # its `subword_nbest` best segmentations with probability ~ P^alpha (lower alpha: more varied);
@@ -223,9 +226,11 @@ class TrainConfig(Strict):
         return parse_duration(value)
 
     @model_validator(mode="after")
-    def _decay_needs_an_end(self) -> TrainConfig:
+    def _schedule_is_consistent(self) -> TrainConfig:
         if self.schedule in ("linear", "cosine") and not (self.max_steps or self.max_time):
             raise ValueError(f"schedule {self.schedule} decays to zero at max_steps or max_time; set one")
+        if self.warmup_init_lr > self.lr:
+            raise ValueError(f"warmup_init_lr {self.warmup_init_lr:g} is above lr {self.lr:g}; the ramp rises to lr")
         return self
 
 

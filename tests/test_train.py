@@ -267,6 +267,18 @@ def test_schedules(schedule):
         assert f[-1] < f[20]
     no_warmup = load_config(TINY, [f"train.schedule={schedule}", "train.warmup_steps=0", "train.max_steps=100"]).train
     assert lr_factor(1, no_warmup) == pytest.approx(1.0, abs=0.02)
+    # warmup_init_lr = lr: no ramp, and the same decay from warmup_steps on as the warmed-up run.
+    flat = load_config(TINY, [f"train.schedule={schedule}", "train.warmup_steps=10", "train.max_steps=100",
+                              f"train.warmup_init_lr={cfg.lr}"]).train  # fmt: skip
+    g = [lr_factor(s, flat) for s in range(1, 101)]
+    assert g[:10] == [1.0] * 10 and g[10:] == f[10:]
+    half = load_config(TINY, ["train.warmup_steps=10", f"train.warmup_init_lr={cfg.lr / 2}"]).train
+    assert lr_factor(1, half) == pytest.approx(0.55) and lr_factor(5, half) == pytest.approx(0.75)
+
+
+def test_warmup_init_lr_above_lr():
+    with pytest.raises(MtcliError, match=r"tiny.yaml: train: warmup_init_lr 0.1 is above lr"):
+        load_config(TINY, ["train.warmup_init_lr=0.1", "train.lr=1e-3"])
 
 
 def test_decay_schedule_needs_an_end():

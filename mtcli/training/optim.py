@@ -70,15 +70,18 @@ def lr_factor(step: int, cfg, elapsed: float | None = None) -> float:
     of training time (`elapsed` seconds so far; annealing over a time budget as in Li et al. 2020,
     "Budgeted training"; on Multi30k en-de at 2 h it scored below inverse-sqrt, docs/BENCHMARKS.md).
     By time, progress is counted from the start, and the warmup ramp caps the factor:
-    min(step / warmup, decay).
+    min(step / warmup, decay). The ramp starts at `train.warmup_init_lr` (0 by default); at
+    `train.lr` there is no ramp, while the decay still begins at `train.warmup_steps`.
     """
     warmup = cfg.warmup_steps
-    ramp = step / warmup if warmup and step < warmup else 1.0
+    start = cfg.warmup_init_lr / cfg.lr  # where the ramp begins (fairseq's --warmup-init-lr)
+    warming = bool(warmup) and step < warmup
+    ramp = start + (1.0 - start) * step / warmup if warming else 1.0
     if cfg.schedule == "constant":
         return ramp
     if cfg.schedule == "inverse_sqrt":
         # Vaswani et al.: decay with 1/sqrt(step) after warmup; peak lr is train.lr.
-        return ramp if ramp < 1.0 else math.sqrt(max(warmup, 1) / max(step, 1))
+        return ramp if warming else math.sqrt(max(warmup, 1) / max(step, 1))
     if cfg.max_steps:
         progress = max(0.0, (step - warmup) / max(1, cfg.max_steps - warmup))
     elif cfg.max_time and elapsed is not None:
