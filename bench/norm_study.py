@@ -208,17 +208,51 @@ def _spread(runs: list[dict], key: str, digits: int = 2) -> str:
     return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
 
 
-def summary(runs: list[dict]) -> str:
-    """A markdown table: each variant's mean ± std over seeds, and the paired p-values vs pre-LN."""
-    lines = ["| variant | seeds | updates | train tokens/s | best valid loss | best valid BLEU | test BLEU | p vs pre-LN (per seed) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+def best_step(run: dict) -> int | None:
+    """The update of the run's best (lowest) validation loss: where it converged."""
+    evals = [r for r in run.get("curve", []) if "valid_loss" in r]
+    return min(evals, key=lambda r: r["valid_loss"])["step"] if evals else None
+
+
+def summary(runs: list[dict], converged: bool = False) -> str:
+    """A markdown table: each variant's mean ± std over seeds, and the paired p-values vs pre-LN;
+    `converged` (runs stopped by patience) adds the update of the best validation loss."""
+    for r in runs:
+        r["best_step"] = best_step(r)
+    best = " best at update |" if converged else ""
+    lines = [f"| variant | seeds | updates |{best} train tokens/s | best valid loss | best valid BLEU | test BLEU | p vs pre-LN (per seed) |",
+             "|---|---:|---:|" + ("---:|" if converged else "") + "---:|---:|---:|---:|---|"]  # fmt: skip
     for variant in dict.fromkeys(r["variant"] for r in runs):
         rs = [r for r in runs if r["variant"] == variant]
         ps = ", ".join(f"{r['p_vs_pre']:.3f}" for r in rs if r.get("p_vs_pre") is not None) or "-"
-        lines.append(f"| {variant} | {len(rs)} | {_spread(rs, 'steps', 0)} | {_spread(rs, 'tokens_per_s', 0)} | "
+        at = f" {_spread(rs, 'best_step', 0)} |" if converged else ""
+        lines.append(f"| {variant} | {len(rs)} | {_spread(rs, 'steps', 0)} |{at} {_spread(rs, 'tokens_per_s', 0)} | "
                      f"{_spread(rs, 'best_valid_loss', 3)} | "
                      f"{_spread(rs, 'best_valid_bleu')} | {_spread(rs, 'test_bleu')} | {ps} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def curve_figure(name: str, runs: list[dict]) -> None:
+    """Validation loss against updates, one line per run (a colour per variant, every seed drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtcli.analysis.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = {}
+    for r in runs:
+        evals = [e for e in r["curve"] if "valid_loss" in e]
+        colour = colours.setdefault(r["variant"], f"C{len(colours)}")
+        ax.plot([e["step"] for e in evals], [e["valid_loss"] for e in evals], color=colour, alpha=0.7,
+                marker=".", label=r["variant"] if r["seed"] == min(x["seed"] for x in runs) else None)  # fmt: skip
+    ax.set(xlabel="update", ylabel="validation loss (label-smoothed)", title=f"{name}: every seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, FIGURES / f"norm-{name}-curves-seeds.png")
 
 
 def figure(name: str, runs: list[dict]) -> None:
@@ -300,9 +334,12 @@ def report(args) -> None:
     for path in sorted(RESULTS.glob("*-seeds.json")):
         data = json.loads(path.read_text())
         if data.get("runs"):
+            converged = data["experiment"] == "warmup"
             figure(data["experiment"], data["runs"])
+            if converged:
+                curve_figure(data["experiment"], data["runs"])
             hours = f"{data.get('machine_hours', '?')} machine hours, {data['cpu_hours']} CPU hours"
-            print(f"\n{data['experiment']} ({hours})\n\n" + summary(data["runs"]))
+            print(f"\n{data['experiment']} ({hours})\n\n" + summary(data["runs"], converged))
 
 
 def main() -> None:
