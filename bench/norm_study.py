@@ -13,8 +13,8 @@ depend on the machine's speed that day. Runs are resumable, so a study can be sp
 the command given again keeps the runs it recorded as finished, resumes a run stopped by Ctrl-C,
 SIGTERM or a reboot from its last checkpoint (saved every 100 updates and on the signal), and
 goes on with the rest (`--restart` starts over). Convergence (`warmup`): a run stops when its
-validation loss has not improved by more than `--delta` (0.01 nats) over `--patience` (3)
-evaluations of `--eval-every` (500) updates, or at `--steps`. The BLEU claims get a paired test on
+validation loss has not improved by more than `--delta` (0.02 nats) over `--patience` (2)
+evaluations of `--eval-every` (500) updates, that is over 1,000 updates, or at `--steps`. The BLEU claims get a paired test on
 the same test sentences: each run's bundle translates the test split (beam search) and
 `mtcli compare` (sacreBLEU's paired bootstrap) compares it with the pre-LN run of the same seed.
 Raw results go to bench/results/norms/<experiment>-seeds.json, runs to runs/norms/<name>. The
@@ -348,8 +348,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
     parser.add_argument("--steps", type=int, default=20000, help="update budget per run (warmup: the cap)")
     parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--patience", type=int, default=3, help="warmup: evaluations without a gain of --delta")
-    parser.add_argument("--delta", type=float, default=0.01, help="warmup: validation-loss gain that counts")
+    parser.add_argument("--patience", type=int, default=2, help="warmup: evaluations without a gain of --delta")
+    parser.add_argument("--delta", type=float, default=0.02, help="warmup: validation-loss gain that counts")
     parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
     parser.add_argument("--warmup", type=int, default=1000, help="warmup updates of the runs that warm up")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
