@@ -176,8 +176,10 @@ def exp_warmup(args) -> None:
     # Each placement with the schedule it normally gets (inverse-sqrt decay after --warmup linear
     # warmup updates to --lr) and the same schedule without the ramp (the lr starts at the peak,
     # train.warmup_init_lr, and decays from the same update on), each trained until converged (see
-    # --delta). The narrow width of experiment 3 at the base depth (3+3), so that 18 runs to
-    # convergence fit the 12-hour cap on two cores.
+    # --delta). The narrow width of experiment 3 at the base depth (3+3) and a peak lr of 2e-3
+    # (Vaswani et al.'s d_model^-0.5 * warmup^-0.5 gives 2.8e-3 here), so that 18 runs to
+    # convergence fit the 12-hour cap on two cores: at 1e-3, pre-LN's seed 1 took 7,000 updates
+    # and 52 minutes (bench/results/norms/warmup-lr1e-3-seeds.json).
     converge = [f"train.patience={args.patience}", f"train.patience_delta={args.delta}", "train.best_metric=valid_loss",
                 "train.schedule=inverse_sqrt", f"train.lr={args.lr}", f"train.warmup_steps={args.warmup}"]  # fmt: skip
     ramps = {f"w{args.warmup}": [], "w0": [f"train.warmup_init_lr={args.lr}"]}
@@ -334,7 +336,7 @@ def report(args) -> None:
     for path in sorted(RESULTS.glob("*-seeds.json")):
         data = json.loads(path.read_text())
         if data.get("runs"):
-            converged = data["experiment"] == "warmup"
+            converged = data["experiment"].startswith("warmup")
             figure(data["experiment"], data["runs"])
             if converged:
                 curve_figure(data["experiment"], data["runs"])
@@ -352,11 +354,13 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=0.02, help="warmup: validation-loss gain that counts")
     parser.add_argument("--layers", type=int, default=12, help="depth of the narrow model (depth experiment)")
     parser.add_argument("--warmup", type=int, default=1000, help="warmup updates of the runs that warm up")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--lr", type=float, help="peak learning rate (warmup: 2e-3, else 1e-3)")
     parser.add_argument("--max-hours", type=float, default=12.0, help="machine hours for the whole study")
     parser.add_argument("--restart", action="store_true", help="start every run over")
     parser.add_argument("--config", type=Path, default=BASE, help="experiment config (configs/tiny.yaml: a smoke test)")
     args = parser.parse_args()
+    if args.lr is None:
+        args.lr = 2e-3 if args.experiment == "warmup" else 1e-3
     {"gradients": exp_gradients, "warmup": exp_warmup, "depth": exp_depth, "rmsnorm": exp_rmsnorm,
      "report": report}[args.experiment](args)  # fmt: skip
 
