@@ -247,9 +247,10 @@ def curve_figure(name: str, runs: list[dict]) -> None:
     colours = {}
     for r in runs:
         evals = [e for e in r["curve"] if "valid_loss" in e]
+        label = None if r["variant"] in colours else r["variant"]  # once per variant
         colour = colours.setdefault(r["variant"], f"C{len(colours)}")
         ax.plot([e["step"] for e in evals], [e["valid_loss"] for e in evals], color=colour, alpha=0.7,
-                marker=".", label=r["variant"] if r["seed"] == min(x["seed"] for x in runs) else None)  # fmt: skip
+                marker=".", label=label)  # fmt: skip
     ax.set(xlabel="update", ylabel="validation loss (label-smoothed)", title=f"{name}: every seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
