@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO
+from common import REPO, machine
 
 from mtcli.analysis.plot import read_metrics
 from mtcli.files import write_text
@@ -85,7 +85,7 @@ def train(name: str, sets: list[str], args) -> dict:
     evals = [r for r in rows if "valid_loss" in r]
     return {
         "name": name, "sets": sets, "exit": proc.returncode, "wall_s": round(wall, 1),
-        "cpu_s": round(wall * THREADS, 1),
+        "cpu_s": round(wall * THREADS, 1), "machine": f"{machine()['cpu']}, {THREADS} cores",
         "steps": max((r["step"] for r in rows), default=0),
         "final_loss": train_rows[-1]["loss"] if train_rows else None,
         "best_valid_bleu": max((r.get("valid_bleu", 0) for r in evals), default=None),
@@ -143,6 +143,8 @@ def run_experiment(name: str, variants: list[tuple[str, list[str]]], args) -> No
         if run_name in old:  # resumed: its earlier time counts too
             result["wall_s"] += old[run_name]["wall_s"]
             result["cpu_s"] += old[run_name]["cpu_s"]
+            if old[run_name].get("machine", result["machine"]) != result["machine"]:  # resumed elsewhere
+                result["machine"] = f"{old[run_name]['machine']} + {result['machine']}"
         result.update(variant=variant, seed=seed)
         runs.append(result)
         print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "stderr_tail")}), flush=True)
@@ -343,6 +345,11 @@ def report(args) -> None:
                 curve_figure(data["experiment"], data["runs"])
             hours = f"{data.get('machine_hours', '?')} machine hours, {data['cpu_hours']} CPU hours"
             print(f"\n{data['experiment']} ({hours})\n\n" + summary(data["runs"], converged))
+            machines = {}
+            for r in data["runs"]:
+                machines.setdefault(r.get("machine", "not recorded"), []).append(r["name"])
+            for m, names in machines.items():  # tokens/s depend on it; updates and losses do not
+                print(f"- {m}: {', '.join(names)}")
 
 
 def main() -> None:
