@@ -143,8 +143,9 @@ def run_experiment(name: str, variants: list[tuple[str, list[str]]], args) -> No
         if run_name in old:  # resumed: its earlier time counts too
             result["wall_s"] += old[run_name]["wall_s"]
             result["cpu_s"] += old[run_name]["cpu_s"]
-            if old[run_name].get("machine", result["machine"]) != result["machine"]:  # resumed elsewhere
-                result["machine"] = f"{old[run_name]['machine']} + {result['machine']}"
+            was = old[run_name].get("machine")
+            if was and was != result.get("machine"):  # resumed on another machine
+                result["machine"] = f"{was} + {result.get('machine')}"
         result.update(variant=variant, seed=seed)
         runs.append(result)
         print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "stderr_tail")}), flush=True)

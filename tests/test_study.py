@@ -91,17 +91,18 @@ def test_plot_without_matplotlib_says_how(tmp_path, monkeypatch):
 def test_norm_study_keeps_finished_runs_resumes_a_stopped_one_and_caps_hours(tmp_path, monkeypatch):
     """bench/norm_study.py spread over several sittings: a run stopped by a signal stops the
     study; given again, the study keeps the finished runs, resumes the stopped one (its time
-    added) and starts no run past --max-hours."""
+    added, its machines joined) and starts no run past --max-hours."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import norm_study
 
     monkeypatch.setattr(norm_study, "RESULTS", tmp_path)
     monkeypatch.setattr(norm_study, "test_bleu", lambda result, baseline: None)
-    calls, exits = [], {}
+    calls, exits, host = [], {}, ["AMD EPYC, 2 cores"]
 
     def train(name, sets, args):
         calls.append(name)
-        return {"name": name, "sets": sets, "exit": exits.get(name, 0), "wall_s": 1800.0, "cpu_s": 3600.0}
+        return {"name": name, "sets": sets, "exit": exits.get(name, 0), "wall_s": 1800.0, "cpu_s": 3600.0,
+                "machine": host[0]}  # fmt: skip
 
     monkeypatch.setattr(norm_study, "train", train)
     args = type("Args", (), {"seeds": [1, 2], "restart": False, "max_hours": 12.0, "steps": 10})()
@@ -113,9 +114,11 @@ def test_norm_study_keeps_finished_runs_resumes_a_stopped_one_and_caps_hours(tmp
     exits.clear()
     calls.clear()
     args.max_hours = 1.4  # 0.5 h finished; resuming the stopped run takes it to 1.5 h
+    host[0] = "Intel Xeon, 2 cores"  # the next sitting has another machine
     norm_study.run_experiment("x", variants, args)
     assert calls == ["x-post-s1"]
     runs = json.loads((tmp_path / "x-seeds.json").read_text())["runs"]
     assert [r["name"] for r in runs] == ["x-pre-s1", "x-post-s1"]
     assert runs[1]["wall_s"] == 3600.0 and runs[1]["exit"] == 0
+    assert runs[0]["machine"] == "AMD EPYC, 2 cores" and runs[1]["machine"] == "AMD EPYC, 2 cores + Intel Xeon, 2 cores"
     assert norm_study.hours_used() == 1.5
