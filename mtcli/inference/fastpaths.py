@@ -15,6 +15,10 @@ about twice as fast. Rounding inputs and weights to 8 significant bits can chang
 In both, a ReLU feed-forward's first linear applies the ReLU itself (a oneDNN post-op) and hands
 its output to the second linear in the GEMM's dtype.
 
+A packed linear pads its rows up to a bucket (`bucket_rows`: at most 12.5 % more rows), so that
+oneDNN's per-shape caches stop growing once a server has seen each bucket; `MTCLI_LINEAR_BUCKETS=0`
+turns the padding off, for measuring it.
+
 `MTCLI_FAST_LINEAR=0` turns it off. Without the oneDNN ops, off the CPU, or for other dtypes the
 model is returned unchanged.
 """
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ENV = "MTCLI_FAST_LINEAR"
+BUCKETS_ENV = "MTCLI_LINEAR_BUCKETS"  # 0: every row count is its own GEMM shape (for measuring)
 BATCH_HINT = 160  # rows per decoder step at beam 5 x 32 sentences: the shape the blocking targets
 
 
@@ -55,9 +60,28 @@ def bf16_supported() -> bool:
         return False
 
 
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def enabled() -> bool:
     """False when $MTCLI_FAST_LINEAR is 0/false/no/off."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return _env_on(ENV)
+
+
+def bucket_rows(rows: int) -> int:
+    """The row count a packed GEMM runs at: `rows` up to 16, above that rounded up to a multiple of
+    an eighth of the power of two below it (at most 12.5 % of padding rows).
+
+    torch's ideep and oneDNN each cache a primitive, with its buffers, per input shape (1,024 of
+    each by default, `LRU_CACHE_CAPACITY` and `ONEDNN_PRIMITIVE_CACHE_CAPACITY`). A server's
+    batches have ever other row counts, so without buckets those caches fill with a new entry per
+    row count, hundreds of MB (docs/BENCHMARKS.md); with them a linear sees at most 8 shapes per
+    doubling of the rows, which a warm-up fills."""
+    if rows <= 16:
+        return rows
+    step = 1 << (rows.bit_length() - 4)
+    return -(-rows // step) * step
 
 
 class PackedLinear(nn.Module):
@@ -72,14 +96,21 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.dtype, self.relu, self.keep_dtype = dtype, relu, keep_dtype
+        self.buckets = _env_on(BUCKETS_ENV)
         # Plain attributes, not buffers: an opaque oneDNN tensor cannot be moved, copied or saved.
         w = weight.detach().to(dtype).contiguous()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w, batch_hint)
         self.bias = None if bias is None else bias.detach().float().clone()  # oneDNN adds it in float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias,
+        rows = x.numel() // self.in_features
+        padded = bucket_rows(rows) if self.buckets else rows
+        x2 = x.reshape(rows, self.in_features).to(self.dtype)
+        if padded != rows:
+            x2 = F.pad(x2, (0, 0, 0, padded - rows))
+        y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias,
                                                "relu" if self.relu else "none", [], "")  # fmt: skip
+        y = y[:rows].reshape(*x.shape[:-1], self.out_features)
         return y if self.keep_dtype else y.float()
 
     def __deepcopy__(self, memo) -> PackedLinear:
