@@ -39,6 +39,7 @@ from mtcli.analysis.plot import read_metrics
 from mtcli.files import write_text
 
 RESULTS = REPO / "bench" / "results" / "norms"
+HYPS = RESULTS / "hyps"  # each run's test translations, kept: run directories are not
 FIGURES = REPO / "docs" / "figures"
 BASE = REPO / "configs" / "base.yaml"
 MTCLI = [sys.executable, "-m", "mtcli"]
@@ -55,8 +56,8 @@ def hours_used(skip: Path | None = None) -> float:
     total = 0.0
     for path in RESULTS.glob("*-seeds.json"):
         if path != skip:
-            total += sum(r.get("wall_s", 0.0) for r in json.loads(path.read_text()).get("runs", []))
-    return total / 3600
+            total += sum(map(run_hours, json.loads(path.read_text()).get("runs", [])))
+    return total
 
 
 def finished(result: dict) -> bool:
@@ -102,42 +103,91 @@ def _median(xs: list[float]) -> float | None:
     return xs[len(xs) // 2] if xs else None
 
 
-def test_bleu(result: dict, baseline: dict | None) -> None:
-    """Test-split BLEU of the run's bundle and, against `baseline` (same seed), the paired p-value."""
-    bundle, data = REPO / result["run_dir"] / "model", REPO / result["run_dir"] / "data"
-    if not (bundle / "model.safetensors").exists():
+def translate_test(result: dict) -> None:
+    """Translate the test split with the run's bundle (beam search) as soon as the run has ended,
+    keeping the hypotheses in the repository (`HYPS`), since run directories are not kept: the
+    paired tests are made from these files, on any day, whatever is left under runs/."""
+    run = REPO / result["run_dir"]
+    bundle, data = run / "model", run / "data"
+    if not (bundle / "model.safetensors").exists() or not (data / "test.src.txt").exists():
         return
-    refs = ["--src", str(data / "test.src.txt"), str(data / "test.tgt.txt"), "--json"]
-    if baseline is None:  # the baseline itself: its score
-        out = subprocess.run(MTCLI + ["score", "--model", str(bundle), "-M", "bleu", *refs], cwd=REPO,
-                             capture_output=True, text=True)  # fmt: skip
-        if out.returncode == 0:
-            result["test_bleu"] = json.loads(out.stdout)["scores"]["bleu"]["score"]
-        return
-    models = ["--model", str(REPO / baseline["run_dir"] / "model"), "--model", str(bundle)]
-    out = subprocess.run(MTCLI + ["compare", *models, "--src", refs[1], "--ref", refs[2], "-M", "bleu", "--json"],
+    HYPS.mkdir(parents=True, exist_ok=True)
+    hyps = HYPS / f"{result['name']}.txt"
+    out = subprocess.run(MTCLI + ["translate", "-m", str(bundle), "-i", str(data / "test.src.txt"), "-o", str(hyps)],
                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
     if out.returncode:
         result["test_error"] = out.stderr[-300:]
         return
-    system = json.loads(out.stdout)["systems"][1]["BLEU"]
-    result["test_bleu"], result["p_vs_pre"] = system["score"], system["p_value"]
+    score = subprocess.run(MTCLI + ["score", str(hyps), str(data / "test.tgt.txt"), "-M", "bleu", "--json"],
+                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    if score.returncode:
+        result["test_error"] = score.stderr[-300:]
+        return
+    result["test_bleu"] = json.loads(score.stdout)["scores"]["bleu"]["score"]
+    result["hyps"] = str(hyps.relative_to(REPO))
+
+
+def reference(runs: list[dict]) -> Path | None:
+    """The test references: any run's prepared copy (they are the same corpus and preparation)."""
+    return next((p for r in runs if (p := REPO / r["run_dir"] / "data" / "test.tgt.txt").exists()), None)
+
+
+def paired_test(result: dict, baseline: dict, ref: Path) -> None:
+    """The paired bootstrap p-value (`mtcli compare`, sacreBLEU's) of a run against its baseline."""
+    hyps = [str(REPO / baseline["hyps"]), str(REPO / result["hyps"])]
+    out = subprocess.run(MTCLI + ["compare", *hyps, "--ref", str(ref), "-M", "bleu", "--json"],
+                         cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    if out.returncode:
+        result["test_error"] = out.stderr[-300:]
+        return
+    result["p_vs_pre"] = json.loads(out.stdout)["systems"][1]["BLEU"]["p_value"]
+
+
+def baseline_of(run: dict, runs: list[dict]) -> dict | None:
+    """The pre-LN run of the same seed that `run` is compared with (None for that run itself)."""
+    pre = next((b for b in runs if b["seed"] == run["seed"] and b["variant"].startswith("pre")), None)
+    return None if pre is run else pre
+
+
+def run_hours(run: dict) -> float:
+    """Machine hours of a recorded run, with a retraining for its lost bundle (see `retrain`)."""
+    return (run.get("wall_s", 0.0) + run.get("retrained", {}).get("wall_s", 0.0)) / 3600
+
+
+def retrain(run: dict, args) -> None:
+    """Train a finished run again, same settings and seed, for the bundle its test translation
+    needs (runs recorded before hypotheses were kept lost theirs with the run directory). The
+    recorded results stay; what the new run reached is kept beside them as `retrained`."""
+    again, before = train(run["name"], run["sets"], args), run.get("retrained", {})
+    run["retrained"] = {k: again[k] for k in ("exit", "wall_s", "cpu_s", "machine", "steps", "best_valid_loss", "best_valid_bleu")}
+    for k in ("wall_s", "cpu_s"):  # a retraining stopped and resumed: both parts count
+        run["retrained"][k] += before.get(k, 0.0)
+    run["run_dir"] = again["run_dir"]
+    if finished(again):
+        translate_test(run)
 
 
 def run_experiment(name: str, variants: list[tuple[str, list[str]]], args) -> None:
-    """Every variant x seed, one at a time, saving the JSON after each run; paired tests at the end.
-    Runs recorded as finished are kept as they are; a stopped one resumes, its time added."""
+    """Every variant x seed, one at a time, saving the JSON after each run; each finished run's
+    test translation right away, the paired tests at the end. Runs recorded as finished are kept
+    as they are; a stopped one resumes, its time added; runs of seeds not asked for stay recorded."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-seeds.json"  # beside the single-seed results of the first study
     old = {} if args.restart or not path.exists() else {r["name"]: r for r in json.loads(path.read_text())["runs"]}
-    runs = []
+    runs = [r for r in old.values() if r["seed"] not in args.seeds]
+
+    def over_budget() -> bool:
+        if hours_used(skip=path) + sum(map(run_hours, runs)) > args.max_hours:
+            print(f"stopping: {args.max_hours} machine hours used; rerun to continue", flush=True)
+            return True
+        return False
+
     for seed, (variant, sets) in ((seed, v) for seed in args.seeds for v in variants):
         run_name = f"{name}-{variant}-s{seed}"
         if run_name in old and finished(old[run_name]):
             runs.append(old[run_name])
             continue
-        if hours_used(skip=path) + sum(r["wall_s"] for r in runs) / 3600 > args.max_hours:
-            print(f"stopping: {args.max_hours} machine hours used; rerun to continue", flush=True)
+        if over_budget():
             break
         result = train(run_name, [*sets, f"train.seed={seed}"], args)
         if run_name in old:  # resumed: its earlier time counts too
@@ -148,21 +198,34 @@ def run_experiment(name: str, variants: list[tuple[str, list[str]]], args) -> No
                 result["machine"] = f"{was} + {result.get('machine')}"
         result.update(variant=variant, seed=seed)
         runs.append(result)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "stderr_tail")}), flush=True)
         save(path, name, runs, args)
+        if finished(result):
+            translate_test(result)
+            save(path, name, runs, args)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "stderr_tail")}), flush=True)
         if not finished(result):
             raise SystemExit(f"{run_name} stopped (exit {result['exit']}); rerun to resume it")
-    for r in runs:
-        if "test_bleu" not in r:
-            pre = next((b for b in runs if b["seed"] == r["seed"] and b["variant"].startswith("pre")), None)
-            test_bleu(r, None if pre is None or pre is r else pre)
+    # Finished runs without hypotheses (their bundles lost): the baselines are retrained, since
+    # every paired test of their seed needs them; the others only with --retrain-untested.
+    asked = [r for r in runs if r["seed"] in args.seeds]
+    for r in asked:
+        if "hyps" not in r and finished(r) and not r.get("diverged"):
+            if (baseline_of(r, runs) is None or args.retrain_untested) and not over_budget():
+                retrain(r, args)
+                print(json.dumps({"retrained": r["name"], **r["retrained"], "test_bleu": r.get("test_bleu")}), flush=True)
+                save(path, name, runs, args)
+    ref = reference(runs)
+    for r in asked:
+        pre = baseline_of(r, runs)
+        if ref and pre and "hyps" in r and "hyps" in pre:
+            paired_test(r, pre, ref)
     save(path, name, runs, args)
 
 
 def save(path: Path, name: str, runs: list[dict], args) -> None:
     doc = {"experiment": name, "steps": args.steps, "seeds": args.seeds, "runs": runs,
-           "machine_hours": round(sum(r["wall_s"] for r in runs) / 3600, 2),
-           "cpu_hours": round(sum(r["cpu_s"] for r in runs) / 3600, 2)}  # fmt: skip
+           "machine_hours": round(sum(map(run_hours, runs)), 2),
+           "cpu_hours": round(sum(r["cpu_s"] + r.get("retrained", {}).get("cpu_s", 0.0) for r in runs) / 3600, 2)}  # fmt: skip
     write_text(path, json.dumps(doc, indent=2))
 
 
@@ -366,6 +429,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate (warmup: 2e-3, else 1e-3)")
     parser.add_argument("--max-hours", type=float, default=12.0, help="machine hours for the whole study")
     parser.add_argument("--restart", action="store_true", help="start every run over")
+    parser.add_argument("--retrain-untested", action="store_true",
+                        help="retrain finished runs whose bundles were lost before their test translation")
     parser.add_argument("--config", type=Path, default=BASE, help="experiment config (configs/tiny.yaml: a smoke test)")
     args = parser.parse_args()
     if args.lr is None:

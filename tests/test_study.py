@@ -96,13 +96,14 @@ def test_norm_study_keeps_finished_runs_resumes_a_stopped_one_and_caps_hours(tmp
     import norm_study
 
     monkeypatch.setattr(norm_study, "RESULTS", tmp_path)
-    monkeypatch.setattr(norm_study, "test_bleu", lambda result, baseline: None)
+    monkeypatch.setattr(norm_study, "translate_test", lambda result: result.update(hyps=f"h/{result['name']}"))
+    monkeypatch.setattr(norm_study, "paired_test", lambda result, baseline, ref: None)
     calls, exits, host = [], {}, ["AMD EPYC, 2 cores"]
 
     def train(name, sets, args):
         calls.append(name)
         return {"name": name, "sets": sets, "exit": exits.get(name, 0), "wall_s": 1800.0, "cpu_s": 3600.0,
-                "machine": host[0]}  # fmt: skip
+                "machine": host[0], "run_dir": f"runs/{name}"}  # fmt: skip
 
     monkeypatch.setattr(norm_study, "train", train)
     args = type("Args", (), {"seeds": [1, 2], "restart": False, "max_hours": 12.0, "steps": 10})()
@@ -122,3 +123,48 @@ def test_norm_study_keeps_finished_runs_resumes_a_stopped_one_and_caps_hours(tmp
     assert runs[1]["wall_s"] == 3600.0 and runs[1]["exit"] == 0
     assert runs[0]["machine"] == "AMD EPYC, 2 cores" and runs[1]["machine"] == "AMD EPYC, 2 cores + Intel Xeon, 2 cores"
     assert norm_study.hours_used() == 1.5
+
+
+def test_norm_study_keeps_test_translations_and_retrains_a_lost_baseline(tmp_path, monkeypatch):
+    """Run directories do not outlive a sitting, so each finished run's test translation is made
+    at once and recorded; a run recorded before that, whose bundle is gone, is retrained only
+    when it is its seed's baseline (every paired test of the seed needs it), or with
+    --retrain-untested; the paired tests pair each run with its seed's baseline; the runs of
+    seeds not asked for stay in the JSON."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import norm_study
+
+    monkeypatch.setattr(norm_study, "RESULTS", tmp_path)
+    monkeypatch.setattr(norm_study, "reference", lambda runs: tmp_path / "ref.txt")
+    bundles, calls, pairs = set(), [], []
+
+    def train(name, sets, args):
+        calls.append(name)
+        bundles.add(name)
+        return {"name": name, "sets": sets, "exit": 0, "wall_s": 600.0, "cpu_s": 1200.0, "machine": "m",
+                "run_dir": f"runs/{name}", "steps": 5, "best_valid_loss": 2.5, "best_valid_bleu": 30.0}  # fmt: skip
+
+    def translate_test(result):
+        if result["name"] in bundles:  # only a bundle of this sitting can translate
+            result.update(hyps=f"h/{result['name']}", test_bleu=1.0)
+
+    monkeypatch.setattr(norm_study, "train", train)
+    monkeypatch.setattr(norm_study, "translate_test", translate_test)
+    monkeypatch.setattr(norm_study, "paired_test", lambda r, pre, ref: pairs.append((pre["name"], r["name"])))
+    recorded = [{"name": f"x-{v}-s{s}", "variant": v, "seed": s, "exit": 0, "wall_s": 900.0, "cpu_s": 1800.0,
+                 "sets": [f"train.seed={s}"], "run_dir": f"runs/x-{v}-s{s}"} for s in (1, 2) for v in ("pre", "post")]  # fmt: skip
+    (tmp_path / "x-seeds.json").write_text(json.dumps({"runs": recorded[:3]}))  # x-post-s2 not run yet
+    args = type("Args", (), {"seeds": [2], "restart": False, "max_hours": 12.0, "steps": 10, "retrain_untested": False})()
+    norm_study.run_experiment("x", [("pre", []), ("post", [])], args)
+    assert calls == ["x-post-s2", "x-pre-s2"]  # the new run, then its lost baseline
+    assert pairs == [("x-pre-s2", "x-post-s2")]
+    runs = {r["name"]: r for r in json.loads((tmp_path / "x-seeds.json").read_text())["runs"]}
+    assert list(runs) == ["x-pre-s1", "x-post-s1", "x-pre-s2", "x-post-s2"]
+    assert "hyps" not in runs["x-pre-s1"] and "retrained" not in runs["x-pre-s1"]  # seed 1 not asked for
+    assert runs["x-pre-s2"]["wall_s"] == 900.0 and runs["x-pre-s2"]["retrained"]["wall_s"] == 600.0
+    assert runs["x-pre-s2"]["hyps"] == "h/x-pre-s2" and runs["x-post-s2"]["hyps"] == "h/x-post-s2"
+    assert norm_study.hours_used() == pytest.approx((3 * 900 + 600 + 600) / 3600)  # the retraining counts
+    calls.clear()
+    args.seeds, args.retrain_untested = [1], True
+    norm_study.run_experiment("x", [("pre", []), ("post", [])], args)
+    assert calls == ["x-pre-s1", "x-post-s1"]
