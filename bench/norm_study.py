@@ -274,7 +274,7 @@ def _spread(runs: list[dict], key: str, digits: int = 2) -> str:
         return "-"
     if len(xs) == 1:  # no spread to give: say how many seeds there were
         return f"{xs[0]:.{digits}f} (1 seed)"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    sd = statistics.stdev(xs)
     return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
 
 
