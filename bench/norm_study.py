@@ -207,10 +207,15 @@ def run_experiment(name: str, variants: list[tuple[str, list[str]]], args) -> No
             raise SystemExit(f"{run_name} stopped (exit {result['exit']}); rerun to resume it")
     # Finished runs without hypotheses (their bundles lost): the baselines are retrained, since
     # every paired test of their seed needs them; the others only with --retrain-untested.
+    # --retrain-untested VARIANTS takes only those, in that order, so a short budget goes first
+    # to the comparisons that matter most.
     asked = [r for r in runs if r["seed"] in args.seeds]
-    for r in asked:
+    want = None if args.retrain_untested is None else [v for v in args.retrain_untested.split(",") if v]
+    wanted = want is not None and not want  # bare --retrain-untested: every variant
+    rank = {v: i for i, v in enumerate(want or [])}
+    for r in sorted(asked, key=lambda r: (baseline_of(r, runs) is not None, rank.get(r["variant"], len(rank)))):
         if "hyps" not in r and finished(r) and not r.get("diverged"):
-            if (baseline_of(r, runs) is None or args.retrain_untested) and not over_budget():
+            if (baseline_of(r, runs) is None or wanted or r["variant"] in rank) and not over_budget():
                 retrain(r, args)
                 print(json.dumps({"retrained": r["name"], **r["retrained"], "test_bleu": r.get("test_bleu")}), flush=True)
                 save(path, name, runs, args)
@@ -431,8 +436,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate (warmup: 2e-3, else 1e-3)")
     parser.add_argument("--max-hours", type=float, default=12.0, help="machine hours for the whole study")
     parser.add_argument("--restart", action="store_true", help="start every run over")
-    parser.add_argument("--retrain-untested", action="store_true",
-                        help="retrain finished runs whose bundles were lost before their test translation")
+    parser.add_argument("--retrain-untested", nargs="?", const="", metavar="VARIANTS",
+                        help="retrain finished runs whose bundles were lost before their test translation "
+                             "(optionally only these variants, in this order: e.g. deepnorm-w1000,post-w1000)")
     parser.add_argument("--config", type=Path, default=BASE, help="experiment config (configs/tiny.yaml: a smoke test)")
     args = parser.parse_args()
     if args.lr is None:

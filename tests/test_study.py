@@ -106,7 +106,7 @@ def test_norm_study_keeps_finished_runs_resumes_a_stopped_one_and_caps_hours(tmp
                 "machine": host[0], "run_dir": f"runs/{name}"}  # fmt: skip
 
     monkeypatch.setattr(norm_study, "train", train)
-    args = type("Args", (), {"seeds": [1, 2], "restart": False, "max_hours": 12.0, "steps": 10})()
+    args = type("Args", (), {"seeds": [1, 2], "restart": False, "max_hours": 12.0, "steps": 10, "retrain_untested": None})()
     variants = [("pre", []), ("post", [])]
     exits["x-post-s1"] = 143  # SIGTERM: saved its checkpoint, to be resumed
     with pytest.raises(SystemExit, match="x-post-s1 stopped"):
@@ -154,7 +154,7 @@ def test_norm_study_keeps_test_translations_and_retrains_a_lost_baseline(tmp_pat
     recorded = [{"name": f"x-{v}-s{s}", "variant": v, "seed": s, "exit": 0, "wall_s": 900.0, "cpu_s": 1800.0,
                  "sets": [f"train.seed={s}"], "run_dir": f"runs/x-{v}-s{s}"} for s in (1, 2) for v in ("pre", "post")]  # fmt: skip
     (tmp_path / "x-seeds.json").write_text(json.dumps({"runs": recorded[:3]}))  # x-post-s2 not run yet
-    args = type("Args", (), {"seeds": [2], "restart": False, "max_hours": 12.0, "steps": 10, "retrain_untested": False})()
+    args = type("Args", (), {"seeds": [2], "restart": False, "max_hours": 12.0, "steps": 10, "retrain_untested": None})()
     norm_study.run_experiment("x", [("pre", []), ("post", [])], args)
     assert calls == ["x-post-s2", "x-pre-s2"]  # the new run, then its lost baseline
     assert pairs == [("x-pre-s2", "x-post-s2")]
@@ -165,6 +165,37 @@ def test_norm_study_keeps_test_translations_and_retrains_a_lost_baseline(tmp_pat
     assert runs["x-pre-s2"]["hyps"] == "h/x-pre-s2" and runs["x-post-s2"]["hyps"] == "h/x-post-s2"
     assert norm_study.hours_used() == pytest.approx((3 * 900 + 600 + 600) / 3600)  # the retraining counts
     calls.clear()
-    args.seeds, args.retrain_untested = [1], True
+    args.seeds, args.retrain_untested = [1], ""  # bare --retrain-untested
     norm_study.run_experiment("x", [("pre", []), ("post", [])], args)
     assert calls == ["x-pre-s1", "x-post-s1"]
+
+
+def test_norm_study_retrains_the_named_variants_first_within_the_budget(tmp_path, monkeypatch):
+    """--retrain-untested deep,post retrains the seed's baseline, then deep, then post, and the
+    hour cap stops it between runs: the comparisons named first get a short budget."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import norm_study
+
+    monkeypatch.setattr(norm_study, "RESULTS", tmp_path)
+    monkeypatch.setattr(norm_study, "reference", lambda runs: None)
+    calls = []
+
+    def train(name, sets, args):
+        calls.append(name)
+        return {"name": name, "sets": sets, "exit": 0, "wall_s": 600.0, "cpu_s": 1200.0, "machine": "m",
+                "run_dir": f"runs/{name}", "steps": 5, "best_valid_loss": 2.5, "best_valid_bleu": 30.0}  # fmt: skip
+
+    monkeypatch.setattr(norm_study, "train", train)
+    monkeypatch.setattr(norm_study, "translate_test", lambda result: result.update(hyps=f"h/{result['name']}"))
+    variants = ("pre", "post", "deep", "other")
+    recorded = [{"name": f"x-{v}-s1", "variant": v, "seed": 1, "exit": 0, "wall_s": 900.0, "cpu_s": 1800.0,
+                 "sets": ["train.seed=1"], "run_dir": f"runs/x-{v}-s1"} for v in variants]  # fmt: skip
+    (tmp_path / "x-seeds.json").write_text(json.dumps({"runs": recorded}))
+    # 4 x 900 s recorded = 1.0 h; each retraining adds 600 s, so a 1.2-hour cap allows two.
+    args = type("Args", (), {"seeds": [1], "restart": False, "max_hours": 1.2, "steps": 10, "retrain_untested": "deep,post"})()
+    norm_study.run_experiment("x", [(v, []) for v in variants], args)
+    assert calls == ["x-pre-s1", "x-deep-s1"]
+    calls.clear()
+    args.max_hours = 12.0
+    norm_study.run_experiment("x", [(v, []) for v in variants], args)
+    assert calls == ["x-post-s1"]  # "other" was not named; the two retrained runs are not retrained again
