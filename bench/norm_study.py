@@ -279,8 +279,8 @@ def _spread(runs: list[dict], key: str, digits: int = 2) -> str:
         return "-"
     if len(xs) == 1:  # no spread to give: say how many seeds there were
         return f"{xs[0]:.{digits}f} (1 seed)"
-    sd = statistics.stdev(xs)
-    return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
+    some = f" ({len(xs)} seeds)" if len(xs) < len(runs) else ""  # not every seed has it
+    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}{some}"
 
 
 def best_step(run: dict) -> int | None:
@@ -299,7 +299,7 @@ def summary(runs: list[dict], converged: bool = False) -> str:
              "|---|---:|---:|" + ("---:|" if converged else "") + "---:|---:|---:|---:|---|"]  # fmt: skip
     for variant in dict.fromkeys(r["variant"] for r in runs):
         rs = [r for r in runs if r["variant"] == variant]
-        ps = ", ".join(f"{r['p_vs_pre']:.3f}" for r in rs if r.get("p_vs_pre") is not None) or "-"
+        ps = ", ".join(f"s{r['seed']} {r['p_vs_pre']:.3f}" for r in rs if r.get("p_vs_pre") is not None) or "-"
         at = f" {_spread(rs, 'best_step', 0)} |" if converged else ""
         lines.append(f"| {variant} | {len(rs)} | {_spread(rs, 'steps', 0)} |{at} {_spread(rs, 'tokens_per_s', 0)} | "
                      f"{_spread(rs, 'best_valid_loss', 3)} | "

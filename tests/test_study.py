@@ -199,3 +199,21 @@ def test_norm_study_retrains_the_named_variants_first_within_the_budget(tmp_path
     args.max_hours = 12.0
     norm_study.run_experiment("x", [(v, []) for v in variants], args)
     assert calls == ["x-post-s1"]  # "other" was not named; the two retrained runs are not retrained again
+
+
+def test_norm_study_summary_says_how_many_seeds_a_result_has(monkeypatch):
+    """A result that only some seeds have (test BLEU of retrained runs) is marked with their
+    count, and each p-value names its seed, so a table never passes one seed off as three."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import norm_study
+
+    runs = [{"variant": "deep", "seed": s, "steps": 10, "best_valid_loss": 2.0 + s / 10, "best_valid_bleu": 30.0,
+             "tokens_per_s": 100} for s in (1, 2, 3)]  # fmt: skip
+    runs[1].update(test_bleu=37.0, p_vs_pre=0.2)
+    runs[2].update(test_bleu=38.0, p_vs_pre=0.038)
+    row = norm_study.summary(runs).splitlines()[2].split(" | ")
+    assert row[4] == "2.200 ± 0.100"  # every seed: no count
+    assert row[6] == "37.50 ± 0.71 (2 seeds)"
+    assert row[7] == "s2 0.200, s3 0.038 |"
+    del runs[1]["test_bleu"]
+    assert norm_study.summary(runs).splitlines()[2].split(" | ")[6] == "38.00 (1 seed)"
